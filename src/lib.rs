@@ -1,5 +1,34 @@
+//! eventhub: a gRPC event hub that keeps events in SQL.
+//!
+//! Producers append events to topics; consumers read partitions from
+//! cursors they store themselves. See `proto/eventhub/v1/eventhub.proto` for
+//! the API and `README.md` for the way in.
+//!
+//! # Layout
+//!
+//! - [`proto`]: the generated `eventhub.v1` messages, client and server (never edited).
+//! - [`config`]: server configuration and request limits.
+//! - [`error`]: [`error::HubError`], the one error type, and its mapping to gRPC statuses.
+//! - [`validate`]: checks at the edge (topic names, events, keys) and the partition hash.
+//! - [`cursor`]: encoding and checking cursors.
+//! - [`store`]: SQLite storage: topic registry, reads, and the group-committing writer task.
+//! - [`service`]: the gRPC handlers of `EventHubService`.
+//! - [`server`]: [`server::run`] wires store, service, health and reflection onto a listener.
+//! - `main.rs`: the `eventhub` command line (`eventhub serve`).
+
+pub mod config;
+pub mod cursor;
+pub mod error;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod validate;
+
+/// The generated `eventhub.v1` API.
+#[allow(clippy::all)]
 pub mod proto {
     tonic::include_proto!("eventhub.v1");
+    /// The encoded descriptors of the API, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("eventhub_descriptor");
 }

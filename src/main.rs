@@ -1,1 +1,116 @@
-fn main() {}
+//! The `eventhub` command line.
+
+use clap::{Args, Parser, Subcommand};
+use eventhub::config::{Config, Limits, SqliteSync};
+use std::io::Write;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "eventhub",
+    version,
+    about = "A gRPC event hub that keeps events in SQL"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "EVENTHUB_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// Database URL: sqlite://PATH (created if missing).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://eventhub.db")]
+    database: String,
+    /// Partition count of topics created by Append or by CreateTopic without a count.
+    #[arg(long, env = "EVENTHUB_DEFAULT_PARTITIONS", default_value_t = 16)]
+    default_partitions: u32,
+    /// Refuse appends to unknown topics (NOT_FOUND) instead of creating them.
+    #[arg(long, env = "EVENTHUB_NO_AUTO_CREATE")]
+    no_auto_create: bool,
+    /// SQLite durability: full fsyncs every commit (survives power loss);
+    /// normal survives a crash of the hub but may lose the last commits on power loss.
+    #[arg(
+        long,
+        value_enum,
+        env = "EVENTHUB_SQLITE_SYNCHRONOUS",
+        default_value = "full"
+    )]
+    sqlite_synchronous: SqliteSync,
+    /// Largest event in bytes (key, type, content type, event id, headers and payload).
+    #[arg(long, default_value_t = Limits::default().max_event_bytes)]
+    max_event_bytes: usize,
+    /// Most events in one Append.
+    #[arg(long, default_value_t = Limits::default().max_events_per_append)]
+    max_events_per_append: usize,
+    /// Largest request in bytes.
+    #[arg(long, default_value_t = Limits::default().max_request_bytes)]
+    max_request_bytes: usize,
+    /// Most events per page of a read.
+    #[arg(long, default_value_t = Limits::default().max_page_events)]
+    max_page_events: usize,
+    /// Longest long-poll wait in milliseconds.
+    #[arg(long, default_value_t = 300_000)]
+    max_wait_ms: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EVENTHUB_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let Command::Serve(args) = cli.command;
+    let config = Config {
+        database_url: args.database,
+        default_partitions: eventhub::validate::partition_count(args.default_partitions, 16)
+            .map_err(|e| anyhow::anyhow!("--default-partitions: {e}"))?,
+        auto_create_topics: !args.no_auto_create,
+        sqlite_synchronous: args.sqlite_synchronous,
+        limits: Limits {
+            max_event_bytes: args.max_event_bytes,
+            max_events_per_append: args.max_events_per_append,
+            max_request_bytes: args.max_request_bytes,
+            max_page_events: args.max_page_events,
+            max_wait: Duration::from_millis(args.max_wait_ms),
+            ..Limits::default()
+        },
+    };
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let listener = TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        // One line on stdout, so scripts and tests can find a port-0 hub.
+        println!("eventhub listening on {}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        eventhub::server::run(listener, config, shutdown_signal()).await
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

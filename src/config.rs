@@ -1,0 +1,68 @@
+//! Server configuration and request limits.
+
+use std::time::Duration;
+
+/// Limits the hub enforces on requests. Each is configurable from the
+/// command line; the defaults are documented in the proto.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest single event: key + type + content type + event id + headers + payload.
+    pub max_event_bytes: usize,
+    /// Most events in one Append.
+    pub max_events_per_append: usize,
+    /// Largest gRPC request the server decodes (bounds a whole Append).
+    pub max_request_bytes: usize,
+    /// Most events in one page of a read.
+    pub max_page_events: usize,
+    /// Longest long-poll wait.
+    pub max_wait: Duration,
+    /// Default heartbeat interval of a followed stream.
+    pub default_heartbeat: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_event_bytes: 1 << 20,
+            max_events_per_append: 10_000,
+            max_request_bytes: 16 << 20,
+            max_page_events: 10_000,
+            max_wait: Duration::from_secs(300),
+            default_heartbeat: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything `run` needs besides the listener.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `sqlite://path` (created if missing).
+    pub database_url: String,
+    /// Partition count of topics created by Append.
+    pub default_partitions: u32,
+    /// Whether Append creates unknown topics.
+    pub auto_create_topics: bool,
+    /// SQLite `synchronous` setting: FULL (durable across power loss) or NORMAL.
+    pub sqlite_synchronous: SqliteSync,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqliteSync {
+    /// fsync on every commit: an acknowledged append survives power loss.
+    Full,
+    /// fsync at checkpoints: survives a crash of the hub, not of the machine.
+    Normal,
+}
+
+impl Config {
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Config {
+            database_url: database_url.into(),
+            default_partitions: 16,
+            auto_create_topics: true,
+            sqlite_synchronous: SqliteSync::Full,
+            limits: Limits::default(),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The hub's one error type and its mapping to gRPC statuses.
+
+use tonic::{Code, Status};
+
+/// Everything a request can fail with. Client-facing variants carry a
+/// message a person can act on; storage causes are logged, never sent.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// An expected key version did not hold.
+    #[error("key {key:?} is at version {actual}, {expected}")]
+    VersionConflict {
+        key: String,
+        actual: u64,
+        /// What was expected, in words ("expected version 2").
+        expected: String,
+    },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("storage error")]
+    Storage(#[from] sqlx::Error),
+    #[error("storage migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl HubError {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        HubError::InvalidArgument(msg.into())
+    }
+
+    pub fn topic_not_found(topic: &str) -> Self {
+        HubError::NotFound(format!(
+            "topic {topic:?} does not exist (create it with CreateTopic or by appending to it)"
+        ))
+    }
+
+    /// True when the storage cannot be reached (as opposed to a bug).
+    fn is_unavailable(err: &sqlx::Error) -> bool {
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => true,
+            sqlx::Error::Database(db) => {
+                // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6), SQLITE_FULL (13),
+                // SQLITE_IOERR (10) and their extended codes.
+                matches!(
+                    db.code()
+                        .as_deref()
+                        .and_then(|c| c.parse::<i64>().ok())
+                        .map(|c| c & 0xff),
+                    Some(5 | 6 | 10 | 13)
+                )
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<HubError> for Status {
+    fn from(err: HubError) -> Status {
+        match err {
+            HubError::InvalidArgument(m) => Status::invalid_argument(m),
+            HubError::NotFound(m) => Status::not_found(m),
+            HubError::AlreadyExists(m) => Status::already_exists(m),
+            HubError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            HubError::VersionConflict { .. } => {
+                let HubError::VersionConflict { key, actual, .. } = &err else {
+                    unreachable!()
+                };
+                let mut status = Status::failed_precondition(err.to_string());
+                let md = status.metadata_mut();
+                if let Ok(v) = actual.to_string().parse() {
+                    md.insert("eventhub-actual-version", v);
+                }
+                // Keys are UTF-8; metadata values must be visible ASCII.
+                if let Ok(v) = key.parse() {
+                    md.insert("eventhub-key", v);
+                }
+                status
+            }
+            HubError::Unavailable(m) => Status::unavailable(m),
+            HubError::Storage(e) if HubError::is_unavailable(&e) => {
+                tracing::warn!(error = %e, "storage unavailable");
+                Status::unavailable(format!(
+                    "the hub's database is unavailable ({e}); retry later"
+                ))
+            }
+            HubError::Storage(e) => {
+                tracing::error!(error = ?e, "storage error");
+                Status::new(Code::Internal, "internal storage error; see the hub's log")
+            }
+            HubError::Migrate(e) => {
+                tracing::error!(error = ?e, "migration error");
+                Status::new(Code::Internal, "internal storage error; see the hub's log")
+            }
+        }
+    }
+}
+
+pub type Result<T, E = HubError> = std::result::Result<T, E>;

@@ -1,0 +1,53 @@
+//! Wiring: the store, the eventhub service, health and reflection, served on
+//! an already-bound listener until `shutdown` resolves.
+
+use crate::config::Config;
+use crate::proto::{self, event_hub_service_server::EventHubServiceServer};
+use crate::service::Hub;
+use crate::store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Serves the hub on `listener` until `shutdown` resolves; then open streams
+/// end cleanly and in-flight calls finish before this returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = Store::open(&config).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let hub = Hub::new(
+        store,
+        config.limits.clone(),
+        config.default_partitions,
+        stop_rx,
+    );
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<EventHubServiceServer<Hub>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let service = EventHubServiceServer::new(hub)
+        .max_decoding_message_size(config.limits.max_request_bytes)
+        .max_encoding_message_size(usize::MAX);
+    tracing::info!(addr = %listener.local_addr()?, database = %config.database_url, "eventhub serving");
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    Ok(())
+}

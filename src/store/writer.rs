@@ -1,0 +1,912 @@
+//! The writer task: the only connection that writes.
+//!
+//! Appends are group-committed: the task takes every Append waiting in its
+//! queue (up to a bound), plans them one after another in memory against
+//! the database state plus what the earlier appends of the batch did, writes
+//! all their rows with a few multi-row statements, and commits once. A
+//! rejected append contributes nothing, so it stores nothing. Heads are
+//! published to readers only after the commit, and only then is any append
+//! acknowledged: acknowledged means durable, and sequences are assigned in
+//! commit order with no gaps.
+
+use super::{Registry, TopicState, WriteRequest};
+use crate::config::Config;
+use crate::error::{HubError, Result};
+use crate::validate::{Content, INVALIDATION_TYPE, NewEvent, TopicName, partition_for};
+use sqlx::sqlite::{Sqlite, SqliteConnection};
+use sqlx::{Connection, QueryBuilder, Row};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most appends and events group-committed in one transaction.
+const MAX_BATCH_APPENDS: usize = 1024;
+const MAX_BATCH_EVENTS: usize = 20_000;
+/// Rows per multi-row statement (SQLite allows 32,766 bound values).
+const CHUNK: usize = 1000;
+
+/// Where a stored event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredPos {
+    pub partition: u32,
+    pub sequence: u64,
+    pub key_version: u64,
+    pub transaction_id: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Stored,
+    DuplicateEventId,
+    DuplicateContent,
+}
+
+#[derive(Debug)]
+pub struct AppendReply {
+    pub transaction_id: u64,
+    pub results: Vec<(StoredPos, AppendOutcome)>,
+}
+
+#[derive(Debug)]
+pub struct InvalidateReply {
+    pub marker_transaction_id: u64,
+    pub markers: Vec<StoredPos>,
+    pub already_invalidated: bool,
+}
+
+pub(super) fn spawn(
+    conn: SqliteConnection,
+    rx: mpsc::Receiver<WriteRequest>,
+    topics: Registry,
+    config: Config,
+) {
+    tokio::spawn(
+        Writer {
+            conn,
+            topics,
+            config,
+        }
+        .run(rx),
+    );
+}
+
+struct Writer {
+    conn: SqliteConnection,
+    topics: Registry,
+    config: Config,
+}
+
+struct AppendReq {
+    topic: TopicName,
+    events: Vec<NewEvent>,
+    dedup_by_content: bool,
+    reply: oneshot::Sender<Result<AppendReply>>,
+}
+
+/// The latest valid event of a key.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    partition: u32,
+    sequence: u64,
+    tombstone: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct KeyState {
+    version: u64,
+    live: Option<Live>,
+    /// The transaction of this batch that changed the key, if any.
+    changed: Option<u64>,
+}
+
+/// An event row waiting to be inserted.
+struct PendingEvent {
+    partition: u32,
+    sequence: u64,
+    transaction_id: u64,
+    key: Option<String>,
+    key_version: u64,
+    event_id: Option<String>,
+    content: Content,
+    invalidates: Option<u64>,
+}
+
+/// One topic's state during a batch: what the database holds plus what the
+/// batch's accepted appends did.
+struct TopicDraft {
+    /// `None` for a topic that this batch creates.
+    id: Option<i64>,
+    name: String,
+    partition_count: u32,
+    created_at_ms: i64,
+    last_txn: u64,
+    heads: Vec<u64>,
+    dirty_heads: BTreeSet<u32>,
+    keys: HashMap<String, KeyState>,
+    ids: HashMap<String, StoredPos>,
+    /// Contents of latest valid events, for dedup by content.
+    contents: HashMap<(u32, u64), (Content, u64, u64)>,
+    rows: Vec<PendingEvent>,
+    /// Position in `rows` of each new event, to find its content.
+    row_index: HashMap<(u32, u64), usize>,
+}
+
+impl TopicDraft {
+    fn from_state(t: &TopicState) -> Self {
+        Self::new(
+            Some(t.id),
+            t.name.clone(),
+            t.partition_count,
+            t.created_at_ms,
+            t.last_transaction(),
+            (0..t.partition_count).map(|p| t.head(p)).collect(),
+        )
+    }
+
+    fn new(
+        id: Option<i64>,
+        name: String,
+        partition_count: u32,
+        created_at_ms: i64,
+        last_txn: u64,
+        heads: Vec<u64>,
+    ) -> Self {
+        TopicDraft {
+            id,
+            name,
+            partition_count,
+            created_at_ms,
+            last_txn,
+            heads,
+            dirty_heads: BTreeSet::new(),
+            keys: HashMap::new(),
+            ids: HashMap::new(),
+            contents: HashMap::new(),
+            rows: Vec::new(),
+            row_index: HashMap::new(),
+        }
+    }
+
+    fn content_of(&self, partition: u32, sequence: u64) -> Option<(&Content, u64, u64)> {
+        if let Some(&i) = self.row_index.get(&(partition, sequence)) {
+            let r = &self.rows[i];
+            return Some((&r.content, r.key_version, r.transaction_id));
+        }
+        self.contents
+            .get(&(partition, sequence))
+            .map(|(c, v, t)| (c, *v, *t))
+    }
+
+    /// Plans one append against the draft. On success the draft includes its
+    /// effects; on error the draft is unchanged.
+    fn plan_append(
+        &mut self,
+        events: &[NewEvent],
+        dedup: bool,
+        now_ms: i64,
+    ) -> Result<AppendReply> {
+        let txn = self.last_txn + 1;
+        let mut keys: HashMap<&str, KeyState> = HashMap::new();
+        let mut heads: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut rows: Vec<PendingEvent> = Vec::new();
+        let mut results = Vec::with_capacity(events.len());
+        for (i, ev) in events.iter().enumerate() {
+            if let Some(pos) = ev.event_id.as_ref().and_then(|id| self.ids.get(id)) {
+                results.push((*pos, AppendOutcome::DuplicateEventId));
+                continue;
+            }
+            let ks = keys
+                .get(ev.key.as_str())
+                .or_else(|| self.keys.get(&ev.key))
+                .cloned()
+                .unwrap_or_default();
+            if !ev.expected.holds(ks.version) {
+                return Err(HubError::VersionConflict {
+                    key: ev.key.clone(),
+                    actual: ks.version,
+                    expected: format!(
+                        "but events[{i}] {}; nothing was stored",
+                        ev.expected.describe()
+                    ),
+                });
+            }
+            if dedup && let Some(live) = ks.live {
+                let local = rows
+                    .iter()
+                    .find(|r| r.partition == live.partition && r.sequence == live.sequence);
+                let stored = match local {
+                    Some(r) => Some((&r.content, r.key_version, r.transaction_id)),
+                    None => self.content_of(live.partition, live.sequence),
+                };
+                if let Some((content, key_version, transaction_id)) = stored
+                    && *content == ev.content
+                {
+                    let pos = StoredPos {
+                        partition: live.partition,
+                        sequence: live.sequence,
+                        key_version,
+                        transaction_id,
+                    };
+                    results.push((pos, AppendOutcome::DuplicateContent));
+                    continue;
+                }
+            }
+            let partition = partition_for(&ev.key, self.partition_count);
+            let head = heads
+                .entry(partition)
+                .or_insert(self.heads[partition as usize]);
+            *head += 1;
+            let pos = StoredPos {
+                partition,
+                sequence: *head,
+                key_version: ks.version + 1,
+                transaction_id: txn,
+            };
+            keys.insert(
+                &ev.key,
+                KeyState {
+                    version: pos.key_version,
+                    live: Some(Live {
+                        partition,
+                        sequence: pos.sequence,
+                        tombstone: ev.content.tombstone,
+                    }),
+                    changed: Some(txn),
+                },
+            );
+            rows.push(PendingEvent {
+                partition,
+                sequence: pos.sequence,
+                transaction_id: txn,
+                key: Some(ev.key.clone()),
+                key_version: pos.key_version,
+                event_id: ev.event_id.clone(),
+                content: ev.content.clone(),
+                invalidates: None,
+            });
+            results.push((pos, AppendOutcome::Stored));
+        }
+        let _ = now_ms;
+        if rows.is_empty() {
+            return Ok(AppendReply {
+                transaction_id: results[0].0.transaction_id,
+                results,
+            });
+        }
+        // Accepted: fold the effects into the draft.
+        self.last_txn = txn;
+        for (p, h) in heads {
+            self.heads[p as usize] = h;
+            self.dirty_heads.insert(p);
+        }
+        for (k, s) in keys {
+            self.keys.insert(k.to_owned(), s);
+        }
+        for r in rows {
+            if let Some(id) = &r.event_id {
+                let pos = StoredPos {
+                    partition: r.partition,
+                    sequence: r.sequence,
+                    key_version: r.key_version,
+                    transaction_id: txn,
+                };
+                self.ids.insert(id.clone(), pos);
+            }
+            self.row_index
+                .insert((r.partition, r.sequence), self.rows.len());
+            self.rows.push(r);
+        }
+        Ok(AppendReply {
+            transaction_id: txn,
+            results,
+        })
+    }
+
+    /// Loads what planning `reqs` needs to know from the database: key
+    /// states, stored event ids and (for dedup) latest valid contents.
+    async fn prefetch(&mut self, conn: &mut SqliteConnection, reqs: &[&AppendReq]) -> Result<()> {
+        let Some(id) = self.id else { return Ok(()) };
+        let mut want_keys: BTreeSet<&str> = BTreeSet::new();
+        let mut want_ids: BTreeSet<&str> = BTreeSet::new();
+        let mut dedup_keys: BTreeSet<&str> = BTreeSet::new();
+        for r in reqs {
+            for e in &r.events {
+                if !self.keys.contains_key(&e.key) {
+                    want_keys.insert(&e.key);
+                }
+                if let Some(eid) = &e.event_id
+                    && !self.ids.contains_key(eid)
+                {
+                    want_ids.insert(eid);
+                }
+                if r.dedup_by_content {
+                    dedup_keys.insert(&e.key);
+                }
+            }
+        }
+        let want_keys: Vec<&str> = want_keys.into_iter().collect();
+        for chunk in want_keys.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT key, version, live_partition, live_sequence, live_tombstone FROM keys WHERE topic_id = ",
+            );
+            qb.push_bind(id).push(" AND key IN (");
+            let mut sep = qb.separated(", ");
+            for k in chunk {
+                sep.push_bind(*k);
+            }
+            qb.push(")");
+            for row in qb.build().fetch_all(&mut *conn).await? {
+                let key: String = row.try_get("key")?;
+                let live = match (
+                    row.try_get::<Option<i64>, _>("live_partition")?,
+                    row.try_get::<Option<i64>, _>("live_sequence")?,
+                ) {
+                    (Some(p), Some(s)) => Some(Live {
+                        partition: p as u32,
+                        sequence: s as u64,
+                        tombstone: row.try_get("live_tombstone")?,
+                    }),
+                    _ => None,
+                };
+                let version = row.try_get::<i64, _>("version")? as u64;
+                self.keys.insert(
+                    key,
+                    KeyState {
+                        version,
+                        live,
+                        changed: None,
+                    },
+                );
+            }
+            for k in chunk {
+                self.keys.entry((*k).to_owned()).or_default();
+            }
+        }
+        let want_ids: Vec<&str> = want_ids.into_iter().collect();
+        for chunk in want_ids.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT event_id, partition, sequence, key_version, transaction_id FROM events WHERE topic_id = ",
+            );
+            qb.push_bind(id).push(" AND event_id IN (");
+            let mut sep = qb.separated(", ");
+            for k in chunk {
+                sep.push_bind(*k);
+            }
+            qb.push(")");
+            for row in qb.build().fetch_all(&mut *conn).await? {
+                let pos = StoredPos {
+                    partition: row.try_get::<i64, _>("partition")? as u32,
+                    sequence: row.try_get::<i64, _>("sequence")? as u64,
+                    key_version: row.try_get::<i64, _>("key_version")? as u64,
+                    transaction_id: row.try_get::<i64, _>("transaction_id")? as u64,
+                };
+                self.ids.insert(row.try_get("event_id")?, pos);
+            }
+        }
+        let lives: Vec<Live> = dedup_keys
+            .iter()
+            .filter_map(|k| self.keys.get(*k).and_then(|s| s.live))
+            .filter(|l| {
+                !self.contents.contains_key(&(l.partition, l.sequence))
+                    && !self.row_index.contains_key(&(l.partition, l.sequence))
+            })
+            .collect();
+        for chunk in lives.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT partition, sequence, key_version, transaction_id, event_type, content_type, headers, payload, tombstone \
+                 FROM events WHERE topic_id = ",
+            );
+            qb.push_bind(id)
+                .push(" AND (partition, sequence) IN (VALUES ");
+            let mut sep = qb.separated(", ");
+            for l in chunk {
+                sep.push("(")
+                    .push_bind_unseparated(l.partition as i64)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(l.sequence as i64)
+                    .push_unseparated(")");
+            }
+            qb.push(")");
+            for row in qb.build().fetch_all(&mut *conn).await? {
+                let content = Content {
+                    event_type: row.try_get("event_type")?,
+                    content_type: row.try_get("content_type")?,
+                    headers: row.try_get("headers")?,
+                    payload: row.try_get("payload")?,
+                    tombstone: row.try_get("tombstone")?,
+                };
+                let key = (
+                    row.try_get::<i64, _>("partition")? as u32,
+                    row.try_get::<i64, _>("sequence")? as u64,
+                );
+                let version = row.try_get::<i64, _>("key_version")? as u64;
+                let txn = row.try_get::<i64, _>("transaction_id")? as u64;
+                self.contents.insert(key, (content, version, txn));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the draft's rows and state in the open transaction.
+    async fn flush(&mut self, conn: &mut SqliteConnection, now_ms: i64) -> Result<()> {
+        if self.rows.is_empty() && self.dirty_heads.is_empty() {
+            return Ok(());
+        }
+        let id = match self.id {
+            Some(id) => id,
+            None => {
+                let id = insert_topic(conn, &self.name, self.partition_count, self.created_at_ms)
+                    .await?;
+                self.id = Some(id);
+                id
+            }
+        };
+        for chunk in self.rows.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO events (topic_id, partition, sequence, transaction_id, key, key_version, event_id, \
+                 event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(id)
+                    .push_bind(r.partition as i64)
+                    .push_bind(r.sequence as i64)
+                    .push_bind(r.transaction_id as i64)
+                    .push_bind(r.key.as_deref())
+                    .push_bind(r.key_version as i64)
+                    .push_bind(r.event_id.as_deref())
+                    .push_bind(r.content.event_type.as_str())
+                    .push_bind(r.content.content_type.as_str())
+                    .push_bind(r.content.headers.as_deref())
+                    .push_bind(r.content.payload.as_slice())
+                    .push_bind(r.content.tombstone)
+                    .push_bind(now_ms)
+                    .push_bind(r.invalidates.map(|t| t as i64));
+            });
+            qb.build().execute(&mut *conn).await?;
+        }
+        let changed: Vec<(&String, &KeyState)> = self
+            .keys
+            .iter()
+            .filter(|(_, s)| s.changed.is_some())
+            .collect();
+        for chunk in changed.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO keys (topic_id, key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id) ",
+            );
+            qb.push_values(chunk, |mut b, (k, s)| {
+                b.push_bind(id)
+                    .push_bind(k.as_str())
+                    .push_bind(s.version as i64)
+                    .push_bind(s.live.map(|l| l.partition as i64))
+                    .push_bind(s.live.map(|l| l.sequence as i64))
+                    .push_bind(s.live.is_some_and(|l| l.tombstone))
+                    .push_bind(s.changed.map(|t| t as i64));
+            });
+            qb.push(
+                " ON CONFLICT (topic_id, key) DO UPDATE SET version = excluded.version, \
+                 live_partition = excluded.live_partition, live_sequence = excluded.live_sequence, \
+                 live_tombstone = excluded.live_tombstone, changed_transaction_id = excluded.changed_transaction_id",
+            );
+            qb.build().execute(&mut *conn).await?;
+        }
+        let heads: Vec<(u32, u64)> = self
+            .dirty_heads
+            .iter()
+            .map(|&p| (p, self.heads[p as usize]))
+            .collect();
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO partitions (topic_id, partition, head_sequence) ",
+        );
+        qb.push_values(&heads, |mut b, (p, h)| {
+            b.push_bind(id).push_bind(*p as i64).push_bind(*h as i64);
+        });
+        qb.push(" ON CONFLICT (topic_id, partition) DO UPDATE SET head_sequence = excluded.head_sequence");
+        qb.build().execute(&mut *conn).await?;
+        sqlx::query("UPDATE topics SET last_transaction_id = ? WHERE topic_id = ?")
+            .bind(self.last_txn as i64)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// After commit: makes the draft's effects visible to readers.
+    fn publish(&self, topics: &Registry, existing: Option<&Arc<TopicState>>) -> Arc<TopicState> {
+        let state = match existing {
+            Some(t) => t.clone(),
+            None => {
+                let t = Arc::new(TopicState::new(
+                    self.id.expect("flushed"),
+                    self.name.clone(),
+                    self.partition_count,
+                    self.created_at_ms,
+                    0,
+                ));
+                topics.write().unwrap().insert(self.name.clone(), t.clone());
+                t
+            }
+        };
+        state
+            .last_transaction_id
+            .store(self.last_txn, Ordering::Release);
+        for &p in &self.dirty_heads {
+            state.heads[p as usize].send_replace(self.heads[p as usize]);
+        }
+        state
+    }
+}
+
+async fn insert_topic(
+    conn: &mut SqliteConnection,
+    name: &str,
+    partitions: u32,
+    created_at_ms: i64,
+) -> Result<i64> {
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO topics (name, partition_count, created_at_ms, last_transaction_id) VALUES (?, ?, ?, 0) RETURNING topic_id",
+    )
+    .bind(name)
+    .bind(partitions as i64)
+    .bind(created_at_ms)
+    .fetch_one(&mut *conn)
+    .await?;
+    let parts: Vec<i64> = (0..partitions as i64).collect();
+    let mut qb =
+        QueryBuilder::<Sqlite>::new("INSERT INTO partitions (topic_id, partition, head_sequence) ");
+    qb.push_values(&parts, |mut b, p| {
+        b.push_bind(id).push_bind(*p).push_bind(0i64);
+    });
+    qb.build().execute(&mut *conn).await?;
+    Ok(id)
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<WriteRequest>) {
+        let mut held: Option<WriteRequest> = None;
+        loop {
+            let first = match held.take() {
+                Some(r) => r,
+                None => match rx.recv().await {
+                    Some(r) => r,
+                    None => return,
+                },
+            };
+            match first {
+                WriteRequest::Append {
+                    topic,
+                    events,
+                    dedup_by_content,
+                    reply,
+                } => {
+                    let mut n = events.len();
+                    let mut batch = vec![AppendReq {
+                        topic,
+                        events,
+                        dedup_by_content,
+                        reply,
+                    }];
+                    while batch.len() < MAX_BATCH_APPENDS && n < MAX_BATCH_EVENTS {
+                        match rx.try_recv() {
+                            Ok(WriteRequest::Append {
+                                topic,
+                                events,
+                                dedup_by_content,
+                                reply,
+                            }) => {
+                                n += events.len();
+                                batch.push(AppendReq {
+                                    topic,
+                                    events,
+                                    dedup_by_content,
+                                    reply,
+                                });
+                            }
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.append_batch(batch).await;
+                }
+                WriteRequest::CreateTopic {
+                    topic,
+                    partitions,
+                    reply,
+                } => {
+                    let r = self.create_topic(&topic, partitions).await;
+                    let _ = reply.send(r);
+                }
+                WriteRequest::Invalidate {
+                    topic,
+                    transaction_id,
+                    reason,
+                    reply,
+                } => {
+                    let r = self.invalidate(&topic, transaction_id, &reason).await;
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+
+    async fn append_batch(&mut self, batch: Vec<AppendReq>) {
+        match self.try_append_batch(&batch).await {
+            Ok(replies) => {
+                for (req, r) in batch.into_iter().zip(replies) {
+                    let _ = req.reply.send(r);
+                }
+            }
+            Err(e) if batch.len() > 1 => {
+                // Do not let one bad append fail its neighbours: retry alone.
+                tracing::warn!(error = %e, appends = batch.len(), "group commit failed; retrying appends one by one");
+                for req in batch {
+                    let r = match self.try_append_batch(std::slice::from_ref(&req)).await {
+                        Ok(mut r) => r.remove(0),
+                        Err(e) => Err(e),
+                    };
+                    let _ = req.reply.send(r);
+                }
+            }
+            Err(e) => {
+                for req in batch {
+                    let _ = req.reply.send(Err(HubError::Unavailable(format!(
+                        "the append was not stored: {e}"
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// Plans, writes and commits a batch. The outer error means nothing was
+    /// committed; inner errors are per-append rejections.
+    async fn try_append_batch(&mut self, batch: &[AppendReq]) -> Result<Vec<Result<AppendReply>>> {
+        let now = now_ms();
+        let mut drafts: HashMap<&str, (TopicDraft, Option<Arc<TopicState>>)> = HashMap::new();
+        let mut tx = self.conn.begin().await?;
+        for req in batch {
+            let name = req.topic.as_str();
+            if drafts.contains_key(name) {
+                continue;
+            }
+            let existing = self.topics.read().unwrap().get(name).cloned();
+            let draft = match &existing {
+                Some(t) => TopicDraft::from_state(t),
+                None if self.config.auto_create_topics => {
+                    let n = self.config.default_partitions;
+                    TopicDraft::new(None, name.to_owned(), n, now, 0, vec![0; n as usize])
+                }
+                None => continue,
+            };
+            drafts.insert(name, (draft, existing));
+        }
+        for (name, (draft, _)) in drafts.iter_mut() {
+            let reqs: Vec<&AppendReq> =
+                batch.iter().filter(|r| r.topic.as_str() == *name).collect();
+            draft.prefetch(&mut tx, &reqs).await?;
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        for req in batch {
+            let r = match drafts.get_mut(req.topic.as_str()) {
+                Some((draft, _)) => draft.plan_append(&req.events, req.dedup_by_content, now),
+                None => Err(HubError::NotFound(format!(
+                    "topic {:?} does not exist and this hub does not create topics on append; create it with CreateTopic",
+                    req.topic.as_str()
+                ))),
+            };
+            replies.push(r);
+        }
+        for (draft, _) in drafts.values_mut() {
+            draft.flush(&mut tx, now).await?;
+        }
+        tx.commit().await?;
+        for (draft, existing) in drafts.values() {
+            if !draft.rows.is_empty() {
+                draft.publish(&self.topics, existing.as_ref());
+            }
+        }
+        Ok(replies)
+    }
+
+    async fn create_topic(
+        &mut self,
+        topic: &TopicName,
+        partitions: u32,
+    ) -> Result<(Arc<TopicState>, bool)> {
+        if let Some(t) = self.topics.read().unwrap().get(topic.as_str()).cloned() {
+            if t.partition_count == partitions {
+                return Ok((t, false));
+            }
+            return Err(HubError::AlreadyExists(format!(
+                "topic {:?} already exists with {} partitions (asked for {partitions}); the partition count cannot change",
+                topic.as_str(),
+                t.partition_count
+            )));
+        }
+        let now = now_ms();
+        let mut tx = self.conn.begin().await?;
+        let id = insert_topic(&mut tx, topic.as_str(), partitions, now).await?;
+        tx.commit().await?;
+        let t = Arc::new(TopicState::new(
+            id,
+            topic.as_str().to_owned(),
+            partitions,
+            now,
+            0,
+        ));
+        self.topics
+            .write()
+            .unwrap()
+            .insert(topic.as_str().to_owned(), t.clone());
+        Ok((t, true))
+    }
+
+    async fn invalidate(
+        &mut self,
+        topic: &TopicName,
+        transaction: u64,
+        reason: &str,
+    ) -> Result<InvalidateReply> {
+        let Some(state) = self.topics.read().unwrap().get(topic.as_str()).cloned() else {
+            return Err(HubError::topic_not_found(topic.as_str()));
+        };
+        let last = state.last_transaction();
+        let not_found = || {
+            HubError::NotFound(format!(
+                "transaction {transaction} does not exist in topic {:?} (its transactions are 1 to {last})",
+                topic.as_str()
+            ))
+        };
+        if transaction == 0 || transaction > last {
+            return Err(not_found());
+        }
+        let mut tx = self.conn.begin().await?;
+        let partitions: Vec<String> = (0..state.partition_count).map(|p| p.to_string()).collect();
+        let in_partitions = partitions.join(",");
+        let prior: Option<(i64,)> = sqlx::query_as(
+            "SELECT marker_transaction_id FROM invalidations WHERE topic_id = ? AND transaction_id = ?",
+        )
+        .bind(state.id)
+        .bind(transaction as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((marker,)) = prior {
+            let rows = sqlx::query(&format!(
+                "SELECT partition, sequence FROM events WHERE topic_id = ? AND partition IN ({in_partitions}) \
+                 AND transaction_id = ? ORDER BY partition"
+            ))
+            .bind(state.id)
+            .bind(marker)
+            .fetch_all(&mut *tx)
+            .await?;
+            let markers = rows
+                .iter()
+                .map(|r| {
+                    Ok(StoredPos {
+                        partition: r.try_get::<i64, _>("partition")? as u32,
+                        sequence: r.try_get::<i64, _>("sequence")? as u64,
+                        key_version: 0,
+                        transaction_id: marker as u64,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(InvalidateReply {
+                marker_transaction_id: marker as u64,
+                markers,
+                already_invalidated: true,
+            });
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT partition, key, invalidates FROM events WHERE topic_id = ? AND partition IN ({in_partitions}) \
+             AND transaction_id = ?"
+        ))
+        .bind(state.id)
+        .bind(transaction as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Err(not_found());
+        }
+        let mut parts = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        for r in &rows {
+            if r.try_get::<Option<i64>, _>("invalidates")?.is_some() {
+                return Err(HubError::invalid(format!(
+                    "transaction {transaction} is itself an invalidation; an invalidation cannot be invalidated"
+                )));
+            }
+            parts.insert(r.try_get::<i64, _>("partition")? as u32);
+            if let Some(k) = r.try_get::<Option<String>, _>("key")? {
+                keys.insert(k);
+            }
+        }
+        let now = now_ms();
+        let mut draft = TopicDraft::from_state(&state);
+        let marker_txn = last + 1;
+        draft.last_txn = marker_txn;
+        let mut markers = Vec::new();
+        for p in parts {
+            let seq = draft.heads[p as usize] + 1;
+            draft.heads[p as usize] = seq;
+            draft.dirty_heads.insert(p);
+            draft.rows.push(PendingEvent {
+                partition: p,
+                sequence: seq,
+                transaction_id: marker_txn,
+                key: None,
+                key_version: 0,
+                event_id: None,
+                content: Content {
+                    event_type: INVALIDATION_TYPE.to_owned(),
+                    content_type: "text/plain; charset=utf-8".to_owned(),
+                    headers: None,
+                    payload: reason.as_bytes().to_vec(),
+                    tombstone: false,
+                },
+                invalidates: Some(transaction),
+            });
+            markers.push(StoredPos {
+                partition: p,
+                sequence: seq,
+                key_version: 0,
+                transaction_id: marker_txn,
+            });
+        }
+        sqlx::query("INSERT INTO invalidations (topic_id, transaction_id, marker_transaction_id, reason) VALUES (?, ?, ?, ?)")
+            .bind(state.id)
+            .bind(transaction as i64)
+            .bind(marker_txn as i64)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        draft.flush(&mut tx, now).await?;
+        // Every key of the invalidated transaction falls back to its latest
+        // event that is still valid.
+        for key in keys {
+            let live = sqlx::query(
+                "SELECT partition, sequence, tombstone FROM events e WHERE e.topic_id = ?1 AND e.key = ?2 \
+                 AND NOT EXISTS (SELECT 1 FROM invalidations i WHERE i.topic_id = ?1 AND i.transaction_id = e.transaction_id) \
+                 ORDER BY e.key_version DESC LIMIT 1",
+            )
+            .bind(state.id)
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (p, s, t) = match &live {
+                Some(r) => (
+                    Some(r.try_get::<i64, _>("partition")?),
+                    Some(r.try_get::<i64, _>("sequence")?),
+                    r.try_get::<bool, _>("tombstone")?,
+                ),
+                None => (None, None, false),
+            };
+            sqlx::query(
+                "UPDATE keys SET live_partition = ?, live_sequence = ?, live_tombstone = ?, changed_transaction_id = ? \
+                 WHERE topic_id = ? AND key = ?",
+            )
+            .bind(p)
+            .bind(s)
+            .bind(t)
+            .bind(marker_txn as i64)
+            .bind(state.id)
+            .bind(&key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        draft.publish(&self.topics, Some(&state));
+        Ok(InvalidateReply {
+            marker_transaction_id: marker_txn,
+            markers,
+            already_invalidated: false,
+        })
+    }
+}

@@ -1,0 +1,350 @@
+//! Validating newtypes and checks at the edge: the storage layer only ever
+//! sees input that passed through here.
+
+use crate::config::Limits;
+use crate::error::{HubError, Result};
+use crate::proto;
+use std::collections::{BTreeMap, HashSet};
+
+/// Most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 1024;
+/// Type of the marker events Invalidate appends.
+pub const INVALIDATION_TYPE: &str = "$invalidation";
+const MAX_NAME: usize = 200;
+const MAX_KEY_BYTES: usize = 1024;
+
+/// 64-bit FNV-1a, the documented partitioning hash.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The partition of a key: `fnv1a64(key) % partitions`.
+pub fn partition_for(key: &str, partitions: u32) -> u32 {
+    (fnv1a64(key.as_bytes()) % u64::from(partitions)) as u32
+}
+
+/// A checked topic name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(String);
+
+impl TopicName {
+    pub fn parse(name: &str) -> Result<Self> {
+        if name.is_empty() {
+            return Err(HubError::invalid(
+                "topic name is empty; give a name of 1–200 characters of [A-Za-z0-9._-]",
+            ));
+        }
+        if name.len() > MAX_NAME {
+            return Err(HubError::invalid(format!(
+                "topic name is {} characters long; the limit is {MAX_NAME}",
+                name.chars().count()
+            )));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(HubError::invalid(format!(
+                "topic name {name:?} contains {c:?}; use only letters, digits, '.', '_' and '-'"
+            )));
+        }
+        if name.starts_with('.') {
+            return Err(HubError::invalid(format!(
+                "topic name {name:?} starts with '.'; that is not allowed"
+            )));
+        }
+        Ok(TopicName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TopicName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A partition count given to CreateTopic (0 means the default).
+pub fn partition_count(n: u32, default: u32) -> Result<u32> {
+    let n = if n == 0 { default } else { n };
+    if !(1..=MAX_PARTITIONS).contains(&n) {
+        return Err(HubError::invalid(format!(
+            "partition_count is {n}; it must be between 1 and {MAX_PARTITIONS}"
+        )));
+    }
+    Ok(n)
+}
+
+/// What an event expects of its key's version before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    Any,
+    NoKey,
+    Exists,
+    Exact(u64),
+}
+
+impl Expected {
+    pub fn holds(self, version: u64) -> bool {
+        match self {
+            Expected::Any => true,
+            Expected::NoKey => version == 0,
+            Expected::Exists => version > 0,
+            Expected::Exact(v) => version == v,
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Expected::Any => "expected any version".into(),
+            Expected::NoKey => "expected no event yet (version 0)".into(),
+            Expected::Exists => "expected at least one event".into(),
+            Expected::Exact(v) => format!("expected version {v}"),
+        }
+    }
+}
+
+/// The content of an event that dedup-by-content compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    pub event_type: String,
+    pub content_type: String,
+    /// Headers encoded canonically (sorted), as stored; `None` when there are none.
+    pub headers: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub tombstone: bool,
+}
+
+/// A checked event, ready for storage.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub key: String,
+    pub event_id: Option<String>,
+    pub expected: Expected,
+    pub content: Content,
+}
+
+/// Headers as stored: sorted pairs, each name and value length-prefixed.
+pub fn encode_headers(headers: &BTreeMap<&str, &str>) -> Option<Vec<u8>> {
+    if headers.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for (k, v) in headers {
+        for s in [k, v] {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+    Some(out)
+}
+
+/// The inverse of [`encode_headers`]. Stored data is trusted; a corrupt
+/// blob yields the pairs decoded so far.
+pub fn decode_headers(mut blob: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    let take = |blob: &mut &[u8]| -> Option<String> {
+        let len = u32::from_le_bytes(blob.get(..4)?.try_into().ok()?) as usize;
+        let s = String::from_utf8_lossy(blob.get(4..4 + len)?).into_owned();
+        *blob = &blob[4 + len..];
+        Some(s)
+    };
+    while !blob.is_empty() {
+        let (Some(k), Some(v)) = (take(&mut blob), take(&mut blob)) else {
+            break;
+        };
+        out.insert(k, v);
+    }
+    out
+}
+
+fn check_event_type(t: &str, i: usize) -> Result<()> {
+    if t.is_empty() {
+        return Err(HubError::invalid(format!(
+            "events[{i}].type is empty; every event needs a type"
+        )));
+    }
+    if t.starts_with('$') {
+        return Err(HubError::invalid(format!(
+            "events[{i}].type {t:?} starts with '$'; such types are reserved for the hub"
+        )));
+    }
+    if t.len() > MAX_NAME {
+        return Err(HubError::invalid(format!(
+            "events[{i}].type is {} characters long; the limit is {MAX_NAME}",
+            t.len()
+        )));
+    }
+    if let Some(c) = t
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '-')))
+    {
+        return Err(HubError::invalid(format!(
+            "events[{i}].type {t:?} contains {c:?}; use only letters, digits and . _ : / -"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a types filter of a read (reserved types may be asked for).
+pub fn check_type_filter(types: &[String]) -> Result<()> {
+    if types.len() > 1000 {
+        return Err(HubError::invalid(format!(
+            "types lists {} types; the limit is 1000",
+            types.len()
+        )));
+    }
+    for t in types {
+        if t.is_empty() || t.len() > MAX_NAME {
+            return Err(HubError::invalid(format!(
+                "types contains {t:?}; a type is 1–{MAX_NAME} characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a key given to a read or an append.
+pub fn check_key(key: &str, field: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(HubError::invalid(format!(
+            "{field} is empty; every event needs a key"
+        )));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(HubError::invalid(format!(
+            "{field} is {} bytes long; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    if key.starts_with('$') {
+        return Err(HubError::invalid(format!(
+            "{field} {key:?} starts with '$'; such keys are reserved for the hub"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the events of an Append and turns them into [`NewEvent`]s.
+pub fn append_events(events: Vec<proto::AppendEvent>, limits: &Limits) -> Result<Vec<NewEvent>> {
+    if events.is_empty() {
+        return Err(HubError::invalid(
+            "events is empty; an Append needs at least one event",
+        ));
+    }
+    if events.len() > limits.max_events_per_append {
+        return Err(HubError::ResourceExhausted(format!(
+            "the Append has {} events; the limit is {} per Append (split it into several)",
+            events.len(),
+            limits.max_events_per_append
+        )));
+    }
+    let mut ids = HashSet::new();
+    let mut out = Vec::with_capacity(events.len());
+    for (i, e) in events.into_iter().enumerate() {
+        check_key(&e.key, &format!("events[{i}].key"))?;
+        check_event_type(&e.r#type, i)?;
+        if e.content_type.len() > MAX_NAME
+            || e.content_type
+                .chars()
+                .any(|c| !c.is_ascii() || c.is_ascii_control())
+        {
+            return Err(HubError::invalid(format!(
+                "events[{i}].content_type must be up to {MAX_NAME} printable ASCII characters"
+            )));
+        }
+        if e.event_id.len() > MAX_NAME {
+            return Err(HubError::invalid(format!(
+                "events[{i}].event_id is {} bytes long; the limit is {MAX_NAME}",
+                e.event_id.len()
+            )));
+        }
+        if !e.event_id.is_empty() && !ids.insert(e.event_id.clone()) {
+            return Err(HubError::invalid(format!(
+                "events[{i}].event_id {:?} appears twice in this Append; event ids are unique",
+                e.event_id
+            )));
+        }
+        let mut size = e.key.len()
+            + e.r#type.len()
+            + e.content_type.len()
+            + e.event_id.len()
+            + e.payload.len();
+        for (k, v) in &e.headers {
+            if k.is_empty() || k.len() > MAX_NAME {
+                return Err(HubError::invalid(format!(
+                    "events[{i}].headers has the name {k:?}; header names are 1–{MAX_NAME} bytes"
+                )));
+            }
+            size += k.len() + v.len();
+        }
+        if size > limits.max_event_bytes {
+            return Err(HubError::invalid(format!(
+                "events[{i}] is {size} bytes; the limit is {} bytes per event (key, type, content type, event id, headers and payload together)",
+                limits.max_event_bytes
+            )));
+        }
+        let expected = match proto::ExpectedVersion::try_from(e.expected) {
+            Ok(proto::ExpectedVersion::Unspecified | proto::ExpectedVersion::Any) => Expected::Any,
+            Ok(proto::ExpectedVersion::NoKey) => Expected::NoKey,
+            Ok(proto::ExpectedVersion::Exists) => Expected::Exists,
+            Ok(proto::ExpectedVersion::Exact) => Expected::Exact(e.expected_key_version),
+            Err(_) => {
+                return Err(HubError::invalid(format!(
+                    "events[{i}].expected is {}, which is not an ExpectedVersion value",
+                    e.expected
+                )));
+            }
+        };
+        let headers: BTreeMap<&str, &str> = e
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let headers = encode_headers(&headers);
+        out.push(NewEvent {
+            key: e.key,
+            event_id: (!e.event_id.is_empty()).then_some(e.event_id),
+            expected,
+            content: Content {
+                event_type: e.r#type,
+                content_type: e.content_type,
+                headers,
+                payload: e.payload,
+                tombstone: e.tombstone,
+            },
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash matches the published FNV-1a test vectors.
+    #[test]
+    fn fnv_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+    }
+
+    /// Headers survive the canonical encoding.
+    #[test]
+    fn headers_round_trip() {
+        let h: BTreeMap<&str, &str> = [("b", "2"), ("a", "1")].into();
+        let blob = encode_headers(&h).unwrap();
+        let back = decode_headers(&blob);
+        assert_eq!(back.len(), 2);
+        assert_eq!(back["a"], "1");
+    }
+}
