@@ -157,7 +157,9 @@ impl Store {
             .pragma("cache_size", "-65536")
             .log_statements(tracing::log::LevelFilter::Trace);
         let mut conn = options.connect().await?;
-        sqlx::migrate!("migrations/sqlite").run(&mut conn).await?;
+        sqlx::migrate!("migrations/sqlite")
+            .run_direct(&mut conn)
+            .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
@@ -467,7 +469,7 @@ async fn load_registry(conn: &mut sqlx::SqliteConnection, topics: &Registry) -> 
     )
     .fetch_all(&mut *conn)
     .await?;
-    let mut map = topics.write().unwrap();
+    let mut map = HashMap::new();
     for (id, name, count, created, last) in rows {
         let heads: Vec<(i64, i64)> =
             sqlx::query_as("SELECT partition, head_sequence FROM partitions WHERE topic_id = ?")
@@ -480,6 +482,7 @@ async fn load_registry(conn: &mut sqlx::SqliteConnection, topics: &Registry) -> 
         }
         map.insert(name, Arc::new(state));
     }
+    *topics.write().unwrap() = map;
     Ok(())
 }
 

@@ -1,0 +1,914 @@
+//! The core API over real gRPC against a real SQLite database.
+
+mod common;
+
+use common::*;
+use eventhub::proto::{
+    self, AppendEvent, AppendOutcome, ExpectedVersion, ReadPartitionRequest, SurfaceRequest,
+};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+/// Appended events come back from their partitions in order, with matching positions.
+#[tokio::test]
+async fn append_read_round_trip() {
+    let hub = spawn_hub().await;
+    let mut events = Vec::new();
+    for i in 0..20 {
+        let mut e = ev(&format!("k{}", i % 5), "Thing", &format!("p{i}"));
+        e.headers.insert("trace".into(), format!("t{i}"));
+        e.content_type = "text/plain".into();
+        events.push(e);
+    }
+    let resp = hub.append("orders", events.clone()).await;
+    assert_eq!(resp.transaction_id, 1);
+    assert_eq!(resp.results.len(), 20);
+    let mut seen = 0;
+    for p in 0..4 {
+        let (read, _) = hub.read_all("orders", p, "_first").await;
+        for (i, e) in read.iter().enumerate() {
+            assert_eq!(e.sequence, i as u64 + 1, "gapless sequences");
+            assert_eq!(e.partition, p);
+            assert_eq!(partition_of(&e.key, 4), p);
+            let idx: usize = std::str::from_utf8(&e.payload).unwrap()[1..]
+                .parse()
+                .unwrap();
+            let r = &resp.results[idx];
+            assert_eq!(
+                (r.partition, r.sequence, &r.cursor),
+                (e.partition, e.sequence, &e.cursor)
+            );
+            assert_eq!(e.headers["trace"], format!("t{idx}"));
+            assert_eq!(e.content_type, "text/plain");
+            assert_eq!(e.transaction_id, 1);
+            assert!(e.committed_at.is_some());
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 20);
+    // Key versions count each key's events.
+    let versions: Vec<u64> = resp.results.iter().map(|r| r.key_version).collect();
+    assert_eq!(&versions[..10], &[1, 1, 1, 1, 1, 2, 2, 2, 2, 2]);
+    let topic = hub
+        .client()
+        .get_topic(proto::GetTopicRequest {
+            name: "orders".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let topic = topic.topic.unwrap();
+    assert_eq!(
+        (
+            topic.partition_count,
+            topic.event_count,
+            topic.last_transaction_id
+        ),
+        (4, 20, 1)
+    );
+}
+
+/// `_first` reads from the start, `_last` from the head; a stored cursor resumes exactly after its event.
+#[tokio::test]
+async fn first_last_and_resume() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
+    hub.append("t", (0..5).map(|i| ev("k", "T", &i.to_string())).collect())
+        .await;
+    let (all, end) = hub.read_all("t", 0, "_first").await;
+    assert_eq!(all.len(), 5);
+    let (none, end2) = hub.read_all("t", 0, "_last").await;
+    assert!(none.is_empty());
+    assert_eq!(end, end2);
+    let (rest, _) = hub.read_all("t", 0, &all[1].cursor).await;
+    assert_eq!(
+        rest.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    hub.append("t", vec![ev("k", "T", "5")]).await;
+    let (after_last, _) = hub.read_all("t", 0, &end2).await;
+    assert_eq!(after_last.len(), 1);
+    assert_eq!(after_last[0].payload, b"5");
+}
+
+/// A long-poll is woken by an append made while it waits, long before its wait runs out.
+#[tokio::test]
+async fn long_poll_woken_by_append() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
+    hub.append("t", vec![ev("k", "T", "0")]).await;
+    let mut client = hub.client();
+    let mut stream = client
+        .read_partition(ReadPartitionRequest {
+            topic: "t".into(),
+            partition: 0,
+            cursor: "_last".into(),
+            wait_ms: 60_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let started = Instant::now();
+    hub.append("t", vec![ev("k", "T", "1")]).await;
+    let page = stream.next().await.unwrap().unwrap();
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.events[0].payload, b"1");
+    assert!(page.caught_up);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "woken by the commit, not by the timeout"
+    );
+    assert!(
+        stream.next().await.is_none(),
+        "a non-follow read ends once caught up"
+    );
+}
+
+/// A long-poll with nothing to read ends with one empty page and the cursor unchanged.
+#[tokio::test]
+async fn long_poll_times_out_with_unchanged_cursor() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
+    let resp = hub.append("t", vec![ev("k", "T", "0")]).await;
+    let cursor = resp.results[0].cursor.clone();
+    let mut stream = hub
+        .client()
+        .read_partition(ReadPartitionRequest {
+            topic: "t".into(),
+            cursor: cursor.clone(),
+            wait_ms: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let page = stream.next().await.unwrap().unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(page.cursor, cursor);
+    assert!(page.caught_up);
+    assert!(stream.next().await.is_none());
+}
+
+/// A follower receives later appends as they commit, and heartbeats in between.
+#[tokio::test]
+async fn follow_receives_appends_and_heartbeats() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
+    let err = hub
+        .client()
+        .read_partition(ReadPartitionRequest {
+            topic: "t".into(),
+            cursor: "_first".into(),
+            follow: true,
+            heartbeat_ms: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    // The topic does not exist yet.
+    assert_eq!(err.code(), Code::NotFound);
+    hub.append("t", vec![ev("k", "T", "0")]).await;
+    let mut stream = hub
+        .client()
+        .read_partition(ReadPartitionRequest {
+            topic: "t".into(),
+            cursor: "_first".into(),
+            follow: true,
+            heartbeat_ms: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.events.len(), 1);
+    let heartbeat = stream.next().await.unwrap().unwrap();
+    assert!(
+        heartbeat.events.is_empty(),
+        "an empty heartbeat page while idle"
+    );
+    assert_eq!(heartbeat.cursor, first.cursor);
+    for i in 1..=3 {
+        hub.append("t", vec![ev("k", "T", &i.to_string())]).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let page = stream.next().await.unwrap().unwrap();
+        got.extend(page.events.into_iter().map(|e| e.payload));
+    }
+    assert_eq!(got, vec![b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]);
+}
+
+/// A types filter skips other events but still advances the cursor past them.
+#[tokio::test]
+async fn types_filter_advances_cursor() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
+    hub.append(
+        "t",
+        vec![
+            ev("k", "A", "1"),
+            ev("k", "B", "2"),
+            ev("k", "A", "3"),
+            ev("k", "B", "4"),
+            ev("k", "B", "5"),
+        ],
+    )
+    .await;
+    let mut stream = hub
+        .client()
+        .read_partition(ReadPartitionRequest {
+            topic: "t".into(),
+            types: vec!["A".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    let mut cursor = String::new();
+    while let Some(page) = stream.next().await {
+        let page = page.unwrap();
+        events.extend(page.events);
+        cursor = page.cursor;
+    }
+    assert_eq!(
+        events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+        vec![b"1".to_vec(), b"3".to_vec()]
+    );
+    let (_, head) = hub.read_all("t", 0, "_last").await;
+    assert_eq!(cursor, head, "the cursor moved past the skipped B events");
+    hub.append("t", vec![ev("k", "B", "6"), ev("k", "A", "7")])
+        .await;
+    let (rest, _) = hub.read_all("t", 0, &cursor).await;
+    assert_eq!(rest.len(), 2);
+}
+
+/// Surface returns each key's latest event; reading on from its cursors sees exactly the later events.
+#[tokio::test]
+async fn surface_then_continue() {
+    let hub = spawn_hub().await;
+    for round in 0..3 {
+        hub.append(
+            "s",
+            (0..10)
+                .map(|k| ev(&format!("key{k:02}"), "Set", &format!("{round}")))
+                .collect(),
+        )
+        .await;
+    }
+    let (events, cursors, as_of) = surface(
+        &hub,
+        SurfaceRequest {
+            topic: "s".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(as_of, 3);
+    assert_eq!(events.len(), 10);
+    assert!(
+        events.windows(2).all(|w| w[0].key < w[1].key),
+        "sorted by key"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.payload == b"2" && e.key_version == 3)
+    );
+    hub.append(
+        "s",
+        vec![ev("key03", "Set", "later"), ev("new", "Set", "later")],
+    )
+    .await;
+    let mut later = Vec::new();
+    for c in &cursors {
+        let (evs, _) = hub.read_all("s", c.partition, &c.cursor).await;
+        later.extend(evs);
+    }
+    let mut keys: Vec<_> = later.iter().map(|e| e.key.clone()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec!["key03", "new"],
+        "exactly the events after the snapshot"
+    );
+    // Prefix and paging.
+    let (page1, _, as_of) = surface(
+        &hub,
+        SurfaceRequest {
+            topic: "s".into(),
+            key_prefix: "key".into(),
+            limit: 4,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(page1.len(), 4);
+    let (page2, _, _) = surface(
+        &hub,
+        SurfaceRequest {
+            topic: "s".into(),
+            key_prefix: "key".into(),
+            after_key: page1[3].key.clone(),
+            as_of_transaction: as_of,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(page2.len(), 6);
+    assert_eq!(page2[0].key, "key04");
+}
+
+pub async fn surface(
+    hub: &TestHub,
+    req: SurfaceRequest,
+) -> (Vec<proto::Event>, Vec<proto::PartitionCursor>, u64) {
+    let mut stream = hub.client().surface(req).await.unwrap().into_inner();
+    let (mut events, mut cursors, mut as_of) = (Vec::new(), Vec::new(), 0);
+    while let Some(page) = stream.next().await {
+        let page = page.unwrap();
+        events.extend(page.events);
+        cursors = page.cursors;
+        as_of = page.as_of_transaction;
+    }
+    (events, cursors, as_of)
+}
+
+/// An expected-version mismatch fails the whole append, stores nothing and names the actual version.
+#[tokio::test]
+async fn expected_version_conflict() {
+    let hub = spawn_hub().await;
+    hub.append("o", vec![ev("order-1", "Created", "")]).await;
+    let mut ok = ev("order-1", "Paid", "");
+    ok.expected = ExpectedVersion::Exact as i32;
+    ok.expected_key_version = 1;
+    let resp = hub.append("o", vec![ok.clone()]).await;
+    assert_eq!(resp.results[0].key_version, 2);
+    let mut other = ev("order-2", "Created", "");
+    other.expected = ExpectedVersion::NoKey as i32;
+    let err = hub
+        .client()
+        .append(proto::AppendRequest {
+            topic: "o".into(),
+            events: vec![other, ok],
+            dedup_by_content: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("version 2"), "{}", err.message());
+    assert_eq!(err.metadata().get("eventhub-actual-version").unwrap(), "2");
+    assert_eq!(err.metadata().get("eventhub-key").unwrap(), "order-1");
+    let topic = hub
+        .client()
+        .get_topic(proto::GetTopicRequest { name: "o".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        topic.topic.unwrap().event_count,
+        2,
+        "order-2 was not stored either"
+    );
+    let mut exists = ev("order-3", "Paid", "");
+    exists.expected = ExpectedVersion::Exists as i32;
+    let err = hub
+        .client()
+        .append(proto::AppendRequest {
+            topic: "o".into(),
+            events: vec![exists],
+            dedup_by_content: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+/// Retrying an Append with the same event ids returns the stored positions and stores nothing new.
+#[tokio::test]
+async fn event_id_retry_is_idempotent() {
+    let hub = spawn_hub().await;
+    let mut a = ev("k1", "T", "a");
+    a.event_id = "id-a".into();
+    let mut b = ev("k2", "T", "b");
+    b.event_id = "id-b".into();
+    let first = hub.append("t", vec![a.clone(), b.clone()]).await;
+    let retry = hub.append("t", vec![a.clone(), b.clone()]).await;
+    assert_eq!(retry.transaction_id, first.transaction_id);
+    for (f, r) in first.results.iter().zip(&retry.results) {
+        assert_eq!(
+            (f.partition, f.sequence, &f.cursor, f.key_version),
+            (r.partition, r.sequence, &r.cursor, r.key_version)
+        );
+        assert!(r.deduplicated);
+        assert_eq!(r.outcome, AppendOutcome::DuplicateEventId as i32);
+    }
+    // A retry mixed with a new event stores only the new one.
+    let mut c = ev("k1", "T", "c");
+    c.event_id = "id-c".into();
+    let mixed = hub.append("t", vec![a, c]).await;
+    assert!(mixed.results[0].deduplicated);
+    assert!(!mixed.results[1].deduplicated);
+    assert_eq!(mixed.results[1].key_version, 2);
+    let topic = hub
+        .client()
+        .get_topic(proto::GetTopicRequest { name: "t".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(topic.topic.unwrap().event_count, 3);
+}
+
+/// An Append with one invalid event stores nothing, not even the topic.
+#[tokio::test]
+async fn invalid_event_stores_nothing() {
+    let hub = spawn_hub().await;
+    let err = hub
+        .client()
+        .append(proto::AppendRequest {
+            topic: "fresh".into(),
+            events: vec![ev("ok", "T", "1"), ev("", "T", "2")],
+            dedup_by_content: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("events[1].key"), "{}", err.message());
+    let err = hub
+        .client()
+        .get_topic(proto::GetTopicRequest {
+            name: "fresh".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // Same for a version conflict on a topic the append would have created.
+    let mut e = ev("k", "T", "");
+    e.expected = ExpectedVersion::Exact as i32;
+    e.expected_key_version = 3;
+    let err = hub
+        .client()
+        .append(proto::AppendRequest {
+            topic: "fresh".into(),
+            events: vec![e],
+            dedup_by_content: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = hub
+        .client()
+        .get_topic(proto::GetTopicRequest {
+            name: "fresh".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+/// CreateTopic is idempotent for the same partition count and refuses another; ListTopics pages by name.
+#[tokio::test]
+async fn create_get_list_topics() {
+    let hub = spawn_hub().await;
+    let mut client = hub.client();
+    for name in ["b", "a", "c"] {
+        let r = client
+            .create_topic(proto::CreateTopicRequest {
+                name: name.into(),
+                partition_count: 3,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.created);
+        assert_eq!(r.topic.unwrap().partitions.len(), 3);
+    }
+    let again = client
+        .create_topic(proto::CreateTopicRequest {
+            name: "a".into(),
+            partition_count: 3,
+        })
+        .await
+        .unwrap();
+    assert!(!again.into_inner().created);
+    let err = client
+        .create_topic(proto::CreateTopicRequest {
+            name: "a".into(),
+            partition_count: 5,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let page = client
+        .list_topics(proto::ListTopicsRequest {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        page.topics
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+    assert_eq!(page.next_after_name, "b");
+    let rest = client
+        .list_topics(proto::ListTopicsRequest {
+            after_name: "b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.topics.len(), 1);
+    assert!(rest.next_after_name.is_empty());
+    hub.append("a", vec![ev("x", "T", "")]).await;
+    let a = client
+        .get_topic(proto::GetTopicRequest { name: "a".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .topic
+        .unwrap();
+    let p = partition_of("x", 3) as usize;
+    assert_eq!(a.partitions[p].event_count, 1);
+    let (_, head) = hub.read_all("a", p as u32, "_first").await;
+    assert_eq!(a.partitions[p].head_cursor, head);
+}
+
+/// With auto-create off, appending to an unknown topic is NOT_FOUND.
+#[tokio::test]
+async fn auto_create_off() {
+    let hub = spawn_hub_with(|c| c.auto_create_topics = false).await;
+    let err = hub
+        .client()
+        .append(proto::AppendRequest {
+            topic: "nope".into(),
+            events: vec![ev("k", "T", "")],
+            dedup_by_content: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+/// ReadKey returns one key's history in order, resumes from a version, and knows unknown keys.
+#[tokio::test]
+async fn read_key_history() {
+    let hub = spawn_hub().await;
+    for i in 0..30 {
+        hub.append(
+            "p",
+            vec![
+                ev("person-1", "Changed", &i.to_string()),
+                ev(&format!("other-{i}"), "X", ""),
+            ],
+        )
+        .await;
+    }
+    let (events, version) = read_key(&hub, "person-1", 0, 7).await;
+    assert_eq!(version, 30);
+    assert_eq!(
+        events.iter().map(|e| e.key_version).collect::<Vec<_>>(),
+        (1..=30).collect::<Vec<_>>()
+    );
+    assert!(
+        events
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.payload == i.to_string().as_bytes())
+    );
+    let (tail, _) = read_key(&hub, "person-1", 28, 0).await;
+    assert_eq!(
+        tail.iter().map(|e| e.key_version).collect::<Vec<_>>(),
+        vec![28, 29, 30]
+    );
+    let (none, v) = read_key(&hub, "nobody", 0, 0).await;
+    assert!(none.is_empty());
+    assert_eq!(v, 0);
+    // Load, decide, append with the expected version; a writer that loaded the same version loses.
+    let mut mine = ev("person-1", "Renamed", "me");
+    mine.expected = ExpectedVersion::Exact as i32;
+    mine.expected_key_version = version;
+    let theirs = mine.clone();
+    hub.append("p", vec![mine]).await;
+    let err = hub
+        .client()
+        .append(proto::AppendRequest {
+            topic: "p".into(),
+            events: vec![theirs],
+            dedup_by_content: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(err.metadata().get("eventhub-actual-version").unwrap(), "31");
+}
+
+pub async fn read_key(hub: &TestHub, key: &str, from: u64, max: u32) -> (Vec<proto::Event>, u64) {
+    let mut stream = hub
+        .client()
+        .read_key(proto::ReadKeyRequest {
+            topic: "p".into(),
+            key: key.into(),
+            from_version: from,
+            max_events: max,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut events, mut version) = (Vec::new(), 0);
+    while let Some(page) = stream.next().await {
+        let page = page.unwrap();
+        events.extend(page.events);
+        version = page.current_version;
+    }
+    (events, version)
+}
+
+/// Dedup by content compares with the key's latest valid event only: A, B, A stores three.
+#[tokio::test]
+async fn dedup_by_content() {
+    let hub = spawn_hub().await;
+    let mut client = hub.client();
+    let send = |e: AppendEvent| {
+        let mut client = hub.client();
+        async move {
+            client
+                .append(proto::AppendRequest {
+                    topic: "d".into(),
+                    events: vec![e],
+                    dedup_by_content: true,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let a = ev("k", "Set", "A");
+    let r1 = send(a.clone()).await;
+    let r2 = send(a.clone()).await;
+    assert_eq!(
+        r2.results[0].outcome,
+        AppendOutcome::DuplicateContent as i32
+    );
+    assert_eq!(r2.results[0].sequence, r1.results[0].sequence);
+    assert_eq!(r2.transaction_id, r1.transaction_id);
+    send(ev("k", "Set", "B")).await;
+    let r4 = send(a.clone()).await;
+    assert_eq!(r4.results[0].outcome, AppendOutcome::Stored as i32);
+    assert_eq!(r4.results[0].key_version, 3, "A, B, A stores three");
+    // Headers and type are part of the content.
+    let mut h = a.clone();
+    h.headers.insert("x".into(), "1".into());
+    assert_eq!(
+        send(h).await.results[0].outcome,
+        AppendOutcome::Stored as i32
+    );
+    // After invalidating the latest event, a retry of it stores a new event.
+    let r6 = send(ev("k", "Set", "C")).await;
+    client
+        .invalidate(proto::InvalidateRequest {
+            topic: "d".into(),
+            transaction_id: r6.transaction_id,
+            reason: "bad".into(),
+        })
+        .await
+        .unwrap();
+    let r7 = send(ev("k", "Set", "C")).await;
+    assert_eq!(r7.results[0].outcome, AppendOutcome::Stored as i32);
+}
+
+/// Invalidating a transaction spanning three partitions puts one marker after its events in each.
+#[tokio::test]
+async fn invalidate_across_partitions() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 8).await;
+    // Pick keys in three distinct partitions.
+    let mut keys = Vec::new();
+    let mut parts = std::collections::BTreeSet::new();
+    for i in 0.. {
+        let k = format!("k{i}");
+        if parts.insert(partition_of(&k, 8)) {
+            keys.push(k);
+        }
+        if keys.len() == 3 {
+            break;
+        }
+    }
+    hub.append("inv", keys.iter().map(|k| ev(k, "Set", "good")).collect())
+        .await;
+    // Followers on each partition, started before the bad transaction.
+    let mut followers = Vec::new();
+    for &p in &parts {
+        let stream = hub
+            .client()
+            .read_partition(ReadPartitionRequest {
+                topic: "inv".into(),
+                partition: p,
+                cursor: "_last".into(),
+                follow: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        followers.push(stream);
+    }
+    let bad = hub
+        .append("inv", keys.iter().map(|k| ev(k, "Set", "bad")).collect())
+        .await;
+    let mut client = hub.client();
+    let inv = client
+        .invalidate(proto::InvalidateRequest {
+            topic: "inv".into(),
+            transaction_id: bad.transaction_id,
+            reason: "wrong price".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(inv.markers.len(), 3);
+    assert!(!inv.already_invalidated);
+    let again = client
+        .invalidate(proto::InvalidateRequest {
+            topic: "inv".into(),
+            transaction_id: bad.transaction_id,
+            reason: "again".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.already_invalidated);
+    assert_eq!(again.markers, inv.markers);
+    assert_eq!(again.marker_transaction_id, inv.marker_transaction_id);
+    for stream in &mut followers {
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            got.extend(stream.next().await.unwrap().unwrap().events);
+        }
+        assert_eq!(got[0].payload, b"bad");
+        assert_eq!(got[1].r#type, "$invalidation");
+        let marker = got[1].invalidation.as_ref().unwrap();
+        assert_eq!(
+            (marker.transaction_id, marker.reason.as_str()),
+            (bad.transaction_id, "wrong price")
+        );
+    }
+    // Read later, the bad events are marked invalidated.
+    let (events, _) = hub.read_all("inv", *parts.first().unwrap(), "_first").await;
+    assert!(!events[0].transaction_invalidated);
+    assert!(events[1].transaction_invalidated);
+    // Surface falls back to the previous valid events.
+    let (surface, _, _) = surface(
+        &hub,
+        SurfaceRequest {
+            topic: "inv".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(surface.len(), 3);
+    assert!(surface.iter().all(|e| e.payload == b"good"));
+    // Unknown transactions, and invalidating an invalidation.
+    let err = client
+        .invalidate(proto::InvalidateRequest {
+            topic: "inv".into(),
+            transaction_id: 99,
+            reason: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .invalidate(proto::InvalidateRequest {
+            topic: "inv".into(),
+            transaction_id: inv.marker_transaction_id,
+            reason: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+/// A tombstone hides its key from Surface until a later event revives it.
+#[tokio::test]
+async fn tombstone_then_revive() {
+    let hub = spawn_hub().await;
+    hub.append("tomb", vec![ev("a", "Set", "1"), ev("b", "Set", "1")])
+        .await;
+    let mut del = ev("a", "Deleted", "");
+    del.tombstone = true;
+    hub.append("tomb", vec![del]).await;
+    let (s, _, _) = surface(
+        &hub,
+        SurfaceRequest {
+            topic: "tomb".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        s.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
+    hub.append("tomb", vec![ev("a", "Set", "2")]).await;
+    let (s, _, _) = surface(
+        &hub,
+        SurfaceRequest {
+            topic: "tomb".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        s.iter()
+            .map(|e| (e.key.as_str(), e.payload.as_slice()))
+            .collect::<Vec<_>>(),
+        vec![("a", &b"2"[..]), ("b", &b"1"[..])]
+    );
+}
+
+/// Surface as of each of a dozen transactions (with tombstones and invalidations) matches a replay.
+#[tokio::test]
+async fn surface_as_of_matches_replay() {
+    let hub = spawn_hub().await;
+    let mut client = hub.client();
+    // The log as the test knows it: (transaction, key, payload, tombstone).
+    let mut log: Vec<(u64, String, String, bool)> = Vec::new();
+    let mut invalidated: Vec<(u64, u64)> = Vec::new(); // (transaction, invalidated at)
+    let mut last = 0;
+    for t in 0..12u64 {
+        let mut events = Vec::new();
+        for j in 0..3 {
+            let key = format!("k{}", (t * 7 + j * 3) % 6);
+            let mut e = ev(&key, "Set", &format!("t{t}j{j}"));
+            e.tombstone = (t + j) % 5 == 0;
+            events.push(e);
+        }
+        let r = hub.append("asof", events.clone()).await;
+        for e in &events {
+            log.push((
+                r.transaction_id,
+                e.key.clone(),
+                String::from_utf8(e.payload.clone()).unwrap(),
+                e.tombstone,
+            ));
+        }
+        last = r.transaction_id;
+        if t % 4 == 3 {
+            let victim = r.transaction_id - 1;
+            let inv = client
+                .invalidate(proto::InvalidateRequest {
+                    topic: "asof".into(),
+                    transaction_id: victim,
+                    reason: "test".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            invalidated.push((victim, inv.marker_transaction_id));
+            last = inv.marker_transaction_id;
+        }
+    }
+    for as_of in 1..=last {
+        let mut expect: BTreeMap<String, (String, bool)> = BTreeMap::new();
+        for (t, key, payload, tomb) in &log {
+            let bad = invalidated.iter().any(|(v, at)| v == t && *at <= as_of);
+            if *t <= as_of && !bad {
+                expect.insert(key.clone(), (payload.clone(), *tomb));
+            }
+        }
+        let expect: Vec<(String, String)> = expect
+            .into_iter()
+            .filter(|(_, (_, tomb))| !tomb)
+            .map(|(k, (p, _))| (k, p))
+            .collect();
+        let (got, cursors, got_as_of) = surface(
+            &hub,
+            SurfaceRequest {
+                topic: "asof".into(),
+                as_of_transaction: as_of,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(got_as_of, as_of);
+        let got: Vec<(String, String)> = got
+            .into_iter()
+            .map(|e| (e.key, String::from_utf8(e.payload).unwrap()))
+            .collect();
+        assert_eq!(got, expect, "surface as of transaction {as_of}");
+        // The cursors of that moment: reading on sees only later transactions.
+        for c in cursors {
+            let (later, _) = hub.read_all("asof", c.partition, &c.cursor).await;
+            assert!(later.iter().all(|e| e.transaction_id > as_of));
+            let (all, _) = hub.read_all("asof", c.partition, "_first").await;
+            assert_eq!(
+                all.iter().filter(|e| e.transaction_id <= as_of).count() + later.len(),
+                all.len()
+            );
+        }
+    }
+}
