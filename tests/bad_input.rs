@@ -1,0 +1,280 @@
+//! Bad input gets the right gRPC code and a clear message, and changes nothing.
+
+mod common;
+
+use common::*;
+use eventhub::proto::{self, AppendRequest, ReadPartitionRequest};
+use futures::future::BoxFuture;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+type Call = Box<dyn Fn(Client) -> BoxFuture<'static, Result<(), tonic::Status>>>;
+
+fn append(topic: &str, events: Vec<proto::AppendEvent>) -> Call {
+    let topic = topic.to_owned();
+    Box::new(move |mut c| {
+        let req = AppendRequest {
+            topic: topic.clone(),
+            events: events.clone(),
+            dedup_by_content: false,
+        };
+        Box::pin(async move { c.append(req).await.map(|_| ()) })
+    })
+}
+
+fn read(topic: &str, partition: u32, cursor: &str) -> Call {
+    let req = ReadPartitionRequest {
+        topic: topic.into(),
+        partition,
+        cursor: cursor.into(),
+        ..Default::default()
+    };
+    Box::new(move |mut c| {
+        let req = req.clone();
+        Box::pin(async move {
+            let mut s = c.read_partition(req).await?.into_inner();
+            while let Some(page) = s.next().await {
+                page?;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Everything observable about the stored data.
+async fn state(hub: &TestHub) -> Vec<(String, u64, u64)> {
+    let topics = hub
+        .client()
+        .list_topics(proto::ListTopicsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    topics
+        .topics
+        .into_iter()
+        .map(|t| (t.name, t.event_count, t.last_transaction_id))
+        .collect()
+}
+
+/// A table of bad requests: each gets its code and a message naming the problem, none INTERNAL, none changes data.
+#[tokio::test]
+async fn bad_input_table() {
+    let hub = spawn_hub_with(|c| {
+        c.default_partitions = 4;
+        c.limits.max_event_bytes = 1000;
+        c.limits.max_events_per_append = 10;
+        c.limits.max_request_bytes = 64 * 1024;
+    })
+    .await;
+    hub.append("orders", vec![ev("k", "T", "x")]).await;
+    hub.append("billing", vec![ev("k", "T", "x")]).await;
+    let p = partition_of("k", 4);
+    let (_, orders_cursor) = hub.read_all("orders", p, "_first").await;
+    let other = (p + 1) % 4;
+    let (_, other_partition_cursor) = hub.read_all("orders", other, "_first").await;
+    let (_, billing_cursor) = hub.read_all("billing", p, "_first").await;
+    let mut dup = vec![ev("a", "T", ""), ev("b", "T", "")];
+    dup[0].event_id = "same".into();
+    dup[1].event_id = "same".into();
+    let long_topic = "t".repeat(201);
+    let cases: Vec<(&str, Call, Code, &str)> = vec![
+        (
+            "empty topic name",
+            append("", vec![ev("k", "T", "")]),
+            Code::InvalidArgument,
+            "topic name is empty",
+        ),
+        (
+            "topic name with a space",
+            append("bad name", vec![ev("k", "T", "")]),
+            Code::InvalidArgument,
+            "contains ' '",
+        ),
+        (
+            "topic name starting with a dot",
+            append(".hidden", vec![ev("k", "T", "")]),
+            Code::InvalidArgument,
+            "starts with '.'",
+        ),
+        (
+            "topic name too long",
+            append(&long_topic, vec![ev("k", "T", "")]),
+            Code::InvalidArgument,
+            "limit is 200",
+        ),
+        (
+            "no events",
+            append("orders", vec![]),
+            Code::InvalidArgument,
+            "at least one event",
+        ),
+        (
+            "empty key",
+            append("orders", vec![ev("", "T", "")]),
+            Code::InvalidArgument,
+            "events[0].key is empty",
+        ),
+        (
+            "reserved key",
+            append("orders", vec![ev("$k", "T", "")]),
+            Code::InvalidArgument,
+            "reserved",
+        ),
+        (
+            "empty type",
+            append("orders", vec![ev("k", "", "")]),
+            Code::InvalidArgument,
+            "type is empty",
+        ),
+        (
+            "reserved type",
+            append("orders", vec![ev("k", "$invalidation", "")]),
+            Code::InvalidArgument,
+            "reserved",
+        ),
+        (
+            "type with a space",
+            append("orders", vec![ev("k", "Order Placed", "")]),
+            Code::InvalidArgument,
+            "contains ' '",
+        ),
+        (
+            "oversized event",
+            append("orders", vec![ev("k", "T", &"x".repeat(2000))]),
+            Code::InvalidArgument,
+            "limit is 1000 bytes",
+        ),
+        (
+            "too many events",
+            append(
+                "orders",
+                (0..11).map(|i| ev(&i.to_string(), "T", "")).collect(),
+            ),
+            Code::ResourceExhausted,
+            "limit is 10",
+        ),
+        (
+            "request over the size limit",
+            append(
+                "orders",
+                (0..10)
+                    .map(|i| ev(&i.to_string(), "T", &"x".repeat(900)))
+                    .chain((0..70).map(|_| ev("k", "T", &"y".repeat(900))))
+                    .collect(),
+            ),
+            Code::OutOfRange,
+            "too large",
+        ),
+        (
+            "duplicate event id",
+            append("orders", dup),
+            Code::InvalidArgument,
+            "appears twice",
+        ),
+        (
+            "unknown topic",
+            read("nope", 0, "_first"),
+            Code::NotFound,
+            "does not exist",
+        ),
+        (
+            "partition out of range",
+            read("orders", 4, "_first"),
+            Code::InvalidArgument,
+            "partitions 0 to 3",
+        ),
+        (
+            "malformed cursor",
+            read("orders", p, "garbage"),
+            Code::InvalidArgument,
+            "malformed",
+        ),
+        (
+            "cursor of another partition",
+            read("orders", p, &other_partition_cursor),
+            Code::InvalidArgument,
+            "belongs to partition",
+        ),
+        (
+            "cursor of another topic",
+            read("orders", p, &billing_cursor),
+            Code::InvalidArgument,
+            "does not belong to topic",
+        ),
+        (
+            "altered cursor",
+            read("orders", p, &orders_cursor.replace(".1.", ".9.")),
+            Code::InvalidArgument,
+            "does not belong",
+        ),
+    ];
+    let before = state(&hub).await;
+    for (name, call, code, text) in cases {
+        let err = call(hub.client()).await.expect_err(name);
+        assert_eq!(err.code(), code, "{name}: {}", err.message());
+        assert!(
+            err.message().contains(text),
+            "{name}: message {:?} should mention {text:?}",
+            err.message()
+        );
+        assert_eq!(state(&hub).await, before, "{name} changed stored data");
+    }
+    // The other RPCs validate too.
+    let mut c = hub.client();
+    let err = c
+        .create_topic(proto::CreateTopicRequest {
+            name: "x".into(),
+            partition_count: 5000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("between 1 and 1024"));
+    let err = c
+        .get_topic(proto::GetTopicRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = c
+        .invalidate(proto::InvalidateRequest {
+            topic: "orders".into(),
+            transaction_id: 1,
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = c
+        .read_key(proto::ReadKeyRequest {
+            topic: "nope".into(),
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = c
+        .read_key(proto::ReadKeyRequest {
+            topic: "orders".into(),
+            key: "".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut s = c
+        .surface(proto::SurfaceRequest {
+            topic: "orders".into(),
+            as_of_transaction: 99,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let err = s.next().await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("after the last transaction"));
+    assert_eq!(state(&hub).await, before);
+}
