@@ -1,0 +1,133 @@
+package eventhub
+
+import (
+	"context"
+	"iter"
+
+	pb "github.com/eventhub/eventhub/clients/go/eventhubv1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+)
+
+// Reserved cursors: before the first event, and the head of a partition as
+// of the call.
+const (
+	First = "_first"
+	Last  = "_last"
+)
+
+// Client calls an eventhub. It is safe for concurrent use.
+type Client struct {
+	// Retry says how reads are retried while the hub is UNAVAILABLE. Set it
+	// before the first call; the zero value means DefaultRetry.
+	Retry RetryPolicy
+
+	api  pb.EventHubServiceClient
+	conn *grpc.ClientConn // closed by Close when Dial opened it
+}
+
+// Dial connects to the hub at target (host:port or any gRPC target). The
+// connection is plaintext unless opts set transport credentials.
+func Dial(target string, opts ...grpc.DialOption) (*Client, error) {
+	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
+	conn, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{api: pb.NewEventHubServiceClient(conn), conn: conn}, nil
+}
+
+// NewClient returns a Client over an existing connection, which the caller
+// keeps and closes.
+func NewClient(conn grpc.ClientConnInterface) *Client {
+	return &Client{api: pb.NewEventHubServiceClient(conn)}
+}
+
+// Close closes the connection opened by Dial.
+func (c *Client) Close() error {
+	if c.conn == nil {
+		return nil
+	}
+	return c.conn.Close()
+}
+
+// API returns the generated stub, for what this package does not wrap.
+func (c *Client) API() pb.EventHubServiceClient { return c.api }
+
+// AppendOption changes an Append request.
+type AppendOption func(*pb.AppendRequest)
+
+// DedupByContent skips every event whose key's latest valid event has the
+// same type, content type, headers and payload.
+func DedupByContent() AppendOption {
+	return func(r *pb.AppendRequest) { r.DedupByContent = true }
+}
+
+// Append stores events in topic as one transaction. It is not retried: give
+// events an EventId to make retrying it yourself safe. A key version
+// mismatch is a *VersionConflictError.
+func (c *Client) Append(ctx context.Context, topic string, events []*pb.AppendEvent, opts ...AppendOption) (*pb.AppendResponse, error) {
+	req := &pb.AppendRequest{Topic: topic, Events: events}
+	for _, o := range opts {
+		o(req)
+	}
+	var trailer metadata.MD
+	resp, err := c.api.Append(ctx, req, grpc.Trailer(&trailer))
+	return resp, wrap(err, trailer)
+}
+
+// Invalidate marks a committed transaction invalid; the hub appends a
+// marker event to every partition holding its events.
+func (c *Client) Invalidate(ctx context.Context, topic string, transactionID uint64, reason string) (*pb.InvalidateResponse, error) {
+	resp, err := c.api.Invalidate(ctx, &pb.InvalidateRequest{Topic: topic, TransactionId: transactionID, Reason: reason})
+	return resp, wrap(err, nil)
+}
+
+// CreateTopic creates a topic with partitions partitions (0: the hub's
+// default). created is false when it already existed with that count.
+func (c *Client) CreateTopic(ctx context.Context, name string, partitions uint32) (topic *pb.Topic, created bool, err error) {
+	resp, err := c.api.CreateTopic(ctx, &pb.CreateTopicRequest{Name: name, PartitionCount: partitions})
+	if err != nil {
+		return nil, false, wrap(err, nil)
+	}
+	return resp.GetTopic(), resp.GetCreated(), nil
+}
+
+// GetTopic describes a topic and its partitions.
+func (c *Client) GetTopic(ctx context.Context, name string) (*pb.Topic, error) {
+	var resp *pb.GetTopicResponse
+	err := c.retry(ctx, func() (err error) {
+		resp, err = c.api.GetTopic(ctx, &pb.GetTopicRequest{Name: name})
+		return err
+	})
+	return resp.GetTopic(), err
+}
+
+// ListTopics yields the topics whose name starts with prefix, sorted by
+// name, fetching further pages as needed.
+func (c *Client) ListTopics(ctx context.Context, prefix string) iter.Seq2[*pb.Topic, error] {
+	return func(yield func(*pb.Topic, error) bool) {
+		req := &pb.ListTopicsRequest{NamePrefix: prefix}
+		for {
+			var resp *pb.ListTopicsResponse
+			err := c.retry(ctx, func() (err error) {
+				resp, err = c.api.ListTopics(ctx, req)
+				return err
+			})
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			for _, t := range resp.Topics {
+				if !yield(t, nil) {
+					return
+				}
+			}
+			if resp.NextAfterName == "" {
+				return
+			}
+			req.AfterName = resp.NextAfterName
+		}
+	}
+}

@@ -1,0 +1,95 @@
+package eventhub
+
+import (
+	"context"
+	"database/sql"
+	_ "embed"
+	"fmt"
+	"strings"
+)
+
+// Dialect is the SQL flavour of the database holding a consumer's cursors.
+type Dialect int
+
+const (
+	// SQLite uses `?` placeholders.
+	SQLite Dialect = iota
+	// Postgres uses `$1`, `$2`, … placeholders.
+	Postgres
+)
+
+var (
+	//go:embed sql/cursors_sqlite.sql
+	cursorsSQLite string
+	//go:embed sql/cursors_postgres.sql
+	cursorsPostgres string
+)
+
+// CursorTableDDL returns the statement creating the table eventhub_cursors
+// (consumer, topic, partition, cursor) if it does not exist.
+func (d Dialect) CursorTableDDL() string {
+	if d == Postgres {
+		return cursorsPostgres
+	}
+	return cursorsSQLite
+}
+
+// CreateCursorTable creates the table eventhub_cursors if it does not exist.
+func CreateCursorTable(ctx context.Context, db *sql.DB, d Dialect) error {
+	_, err := db.ExecContext(ctx, d.CursorTableDDL())
+	return err
+}
+
+// Rebind rewrites a query written with `?` placeholders for d.
+func (d Dialect) Rebind(query string) string {
+	if d != Postgres {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for _, r := range query {
+		if r == '?' {
+			n++
+			fmt.Fprintf(&b, "$%d", n)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// querier is what loading and storing cursors needs of *sql.DB and *sql.Tx.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// loadCursors returns the stored cursor of each partition of topic.
+func loadCursors(ctx context.Context, q querier, d Dialect, consumer, topic string) (map[uint32]string, error) {
+	rows, err := q.QueryContext(ctx, d.Rebind(
+		`SELECT "partition", "cursor" FROM eventhub_cursors WHERE consumer = ? AND topic = ?`),
+		consumer, topic)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	cursors := map[uint32]string{}
+	for rows.Next() {
+		var p int64
+		var c string
+		if err := rows.Scan(&p, &c); err != nil {
+			return nil, err
+		}
+		cursors[uint32(p)] = c
+	}
+	return cursors, rows.Err()
+}
+
+// storeCursor records the cursor of one partition.
+func storeCursor(ctx context.Context, q querier, d Dialect, consumer, topic string, partition uint32, cursor string) error {
+	_, err := q.ExecContext(ctx, d.Rebind(
+		`INSERT INTO eventhub_cursors (consumer, topic, "partition", "cursor") VALUES (?, ?, ?, ?)
+		 ON CONFLICT (consumer, topic, "partition") DO UPDATE SET "cursor" = excluded."cursor"`),
+		consumer, topic, int64(partition), cursor)
+	return err
+}
