@@ -9,7 +9,10 @@ import (
 
 	"github.com/eventhub/eventhub/clients/go/eventhub"
 	pb "github.com/eventhub/eventhub/clients/go/eventhubv1"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 )
 
@@ -125,6 +128,29 @@ func TestRoundTrip(t *testing.T) {
 	}
 	if len(listed) != 1 || listed[0] != topic {
 		t.Errorf("ListTopics(%q) = %v", topic, listed)
+	}
+}
+
+// Appending to an unknown topic creates it with the hub's default
+// partition count; the hub serves gRPC health.
+func TestAutoCreateAndHealth(t *testing.T) {
+	ctx := testCtx(t)
+	name := fmt.Sprintf("auto-created-%d", topicSeq.Add(1))
+	r := mustAppend(t, name, ev("k", "T", "x")).Results[0]
+	info, err := client.GetTopic(ctx, name)
+	if err != nil || info.PartitionCount != 3 || r.Partition != eventhub.PartitionFor("k", 3) {
+		t.Fatalf("auto-created topic: %v, %v; want 3 partitions (--default-partitions 3)", info, err)
+	}
+	conn, err := grpc.NewClient(hub.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, service := range []string{"", "eventhub.v1.EventHubService"} {
+		resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+		if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+			t.Errorf("health of %q: %v, %v", service, resp, err)
+		}
 	}
 }
 

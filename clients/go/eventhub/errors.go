@@ -19,6 +19,7 @@ var (
 	ErrAlreadyExists      = errors.New("eventhub: already exists")
 	ErrFailedPrecondition = errors.New("eventhub: failed precondition")
 	ErrResourceExhausted  = errors.New("eventhub: resource exhausted")
+	ErrOutOfRange         = errors.New("eventhub: out of range")
 	ErrUnauthenticated    = errors.New("eventhub: unauthenticated")
 	ErrPermissionDenied   = errors.New("eventhub: permission denied")
 	ErrUnavailable        = errors.New("eventhub: unavailable")
@@ -30,6 +31,7 @@ var sentinelCodes = map[error]codes.Code{
 	ErrAlreadyExists:         codes.AlreadyExists,
 	ErrFailedPrecondition:    codes.FailedPrecondition,
 	ErrResourceExhausted:     codes.ResourceExhausted,
+	ErrOutOfRange:            codes.OutOfRange,
 	ErrUnauthenticated:       codes.Unauthenticated,
 	ErrPermissionDenied:      codes.PermissionDenied,
 	ErrUnavailable:           codes.Unavailable,

@@ -71,6 +71,14 @@ func TestErrorCodes(t *testing.T) {
 		_, err := client.Append(ctx, name, []*pb.AppendEvent{ev("k", "T", "x")})
 		checkErr(t, "Append to topic "+name, err, eventhub.ErrInvalidArgument, codes.InvalidArgument)
 	}
+	tooMany := make([]*pb.AppendEvent, 10_001)
+	for i := range tooMany {
+		tooMany[i] = ev("k", "T", "x")
+	}
+	_, err = client.Append(ctx, topic, tooMany)
+	checkErr(t, "Append of 10,001 events", err, eventhub.ErrResourceExhausted, codes.ResourceExhausted)
+	_, err = client.Append(ctx, topic, []*pb.AppendEvent{ev("k", "T", strings.Repeat("x", 1<<20))})
+	checkErr(t, "Append of an event over 1 MiB", err, eventhub.ErrInvalidArgument, codes.InvalidArgument)
 	if info, _ := client.GetTopic(ctx, topic); info.GetEventCount() != 1 {
 		t.Errorf("refused appends changed the topic: %v", info)
 	}
