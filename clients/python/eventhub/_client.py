@@ -1,0 +1,257 @@
+"""The blocking client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+from . import _requests as rq
+from ._errors import from_rpc_error
+from ._retry import RetryPolicy
+from .v1 import eventhub_pb2 as pb
+from .v1 import eventhub_pb2_grpc as pb_grpc
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Metadata = Sequence[tuple[str, str]]
+
+
+class Stream(Generic[Req, Resp]):
+    """An iterator over the pages of a server stream.
+
+    When the connection fails with UNAVAILABLE, the stream is reopened right
+    after the last page it delivered, with exponential backoff. ``cancel()``
+    (from any thread) ends the iteration.
+    """
+
+    def __init__(
+        self,
+        open_call: Callable[[Req], Any],
+        request: Req,
+        resume: Callable[[Req, Resp], Req | None],
+        retry: RetryPolicy,
+    ) -> None:
+        self._open_call = open_call
+        self._request: Req | None = request
+        self._resume = resume
+        self._retry = retry
+        self._call: Any = None
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> Stream[Req, Resp]:
+        return self
+
+    def __next__(self) -> Resp:
+        attempt = 0
+        while True:
+            with self._lock:
+                if self._cancelled.is_set() or self._request is None:
+                    raise StopIteration
+                if self._call is None:
+                    self._call = self._open_call(self._request)
+                call = self._call
+            try:
+                page: Resp = next(call)
+            except StopIteration:
+                self._request = None
+                raise
+            except grpc.RpcError as e:
+                self._call = None
+                if self._cancelled.is_set():
+                    raise StopIteration from None
+                if e.code() == grpc.StatusCode.UNAVAILABLE and self._retry.should_retry(attempt):
+                    self._cancelled.wait(self._retry.backoff(attempt))
+                    attempt += 1
+                    continue
+                self._request = None
+                raise from_rpc_error(e) from e
+            self._request = self._resume(self._request, page)
+            return page
+
+    def cancel(self) -> None:
+        """Ends the stream; a blocked ``next()`` returns StopIteration."""
+        with self._lock:
+            self._cancelled.set()
+            if self._call is not None:
+                self._call.cancel()
+
+    def __enter__(self) -> Stream[Req, Resp]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class Client:
+    """A blocking client of an eventhub server.
+
+    ``target`` is ``host:port``. Pass ``credentials`` for TLS, ``metadata``
+    for headers sent with every call (an authorization token, say), or an
+    existing ``channel``. ``timeout`` is the default deadline of unary calls
+    in seconds; streams have none unless asked.
+
+    Reads (and Appends whose events all carry an ``event_id``) are retried on
+    UNAVAILABLE according to ``retry``. Errors are raised as
+    :class:`eventhub.EventHubError` subclasses.
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel: grpc.Channel | None = None,
+        metadata: Metadata = (),
+        timeout: float | None = 30.0,
+        retry: RetryPolicy = RetryPolicy(),
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        if channel is None:
+            if credentials is None:
+                channel = grpc.insecure_channel(target, options=options)
+            else:
+                channel = grpc.secure_channel(target, credentials, options=options)
+        self._channel = channel
+        self._stub = pb_grpc.EventHubServiceStub(channel)  # type: ignore[no-untyped-call]
+        self._metadata = tuple(metadata)
+        self._timeout = timeout
+        self._retry = retry
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _unary(self, method: Any, request: Any, timeout: float | None, retryable: bool = True) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return method(request, timeout=timeout or self._timeout, metadata=self._metadata)
+            except grpc.RpcError as e:
+                if (
+                    retryable
+                    and e.code() == grpc.StatusCode.UNAVAILABLE
+                    and self._retry.should_retry(attempt)
+                ):
+                    time.sleep(self._retry.backoff(attempt))
+                    attempt += 1
+                    continue
+                raise from_rpc_error(e) from e
+
+    def _stream(self, method: Any, request: Req, resume: Any, timeout: float | None) -> Stream[Req, Any]:
+        return Stream(
+            lambda r: method(r, timeout=timeout, metadata=self._metadata), request, resume, self._retry
+        )
+
+    def append(
+        self,
+        topic: str,
+        events: Iterable[pb.AppendEvent],
+        *,
+        dedup_by_content: bool = False,
+        timeout: float | None = None,
+    ) -> pb.AppendResponse:
+        """Appends ``events`` to ``topic`` as one transaction."""
+        request = rq.append_request(topic, events, dedup_by_content)
+        return self._unary(self._stub.Append, request, timeout, rq.all_have_event_ids(request))  # type: ignore[no-any-return]
+
+    def read_partition(
+        self,
+        topic: str,
+        partition: int,
+        cursor: str = "_first",
+        *,
+        max_events: int = 0,
+        wait: float | None = None,
+        follow: bool = False,
+        types: Iterable[str] = (),
+        heartbeat: float | None = None,
+        timeout: float | None = None,
+    ) -> Stream[pb.ReadPartitionRequest, pb.ReadPartitionResponse]:
+        """Reads one partition from ``cursor`` as an iterator of pages.
+
+        ``wait`` (seconds) long-polls when nothing is past the cursor;
+        ``follow`` keeps the stream open, with an empty page at least every
+        ``heartbeat`` seconds. Each page's ``cursor`` is the checkpoint to
+        store.
+        """
+        request = rq.read_partition_request(topic, partition, cursor, max_events, wait, follow, types, heartbeat)
+        return self._stream(self._stub.ReadPartition, request, rq.resume_read_partition, timeout)
+
+    def surface(
+        self,
+        topic: str,
+        *,
+        key_prefix: str = "",
+        after_key: str = "",
+        limit: int = 0,
+        as_of_transaction: int = 0,
+        timeout: float | None = None,
+    ) -> Stream[pb.SurfaceRequest, pb.SurfaceResponse]:
+        """The latest valid event of every key, as an iterator of pages.
+
+        Every page carries the per-partition ``cursors`` to continue reading
+        from, and the ``as_of_transaction`` of the snapshot.
+        """
+        request = pb.SurfaceRequest(
+            topic=topic,
+            key_prefix=key_prefix,
+            after_key=after_key,
+            limit=limit,
+            as_of_transaction=as_of_transaction,
+        )
+        return self._stream(self._stub.Surface, request, rq.resume_surface, timeout)
+
+    def read_key(
+        self,
+        topic: str,
+        key: str,
+        *,
+        from_version: int = 0,
+        max_events: int = 0,
+        timeout: float | None = None,
+    ) -> Stream[pb.ReadKeyRequest, pb.ReadKeyResponse]:
+        """One key's events in key-version order, as an iterator of pages."""
+        request = pb.ReadKeyRequest(topic=topic, key=key, from_version=from_version, max_events=max_events)
+        return self._stream(self._stub.ReadKey, request, rq.resume_read_key, timeout)
+
+    def invalidate(
+        self, topic: str, transaction_id: int, reason: str, *, timeout: float | None = None
+    ) -> pb.InvalidateResponse:
+        """Marks a committed transaction invalid (idempotent)."""
+        request = pb.InvalidateRequest(topic=topic, transaction_id=transaction_id, reason=reason)
+        return self._unary(self._stub.Invalidate, request, timeout)  # type: ignore[no-any-return]
+
+    def create_topic(
+        self, name: str, partition_count: int = 0, *, timeout: float | None = None
+    ) -> pb.CreateTopicResponse:
+        """Creates a topic (0 partitions means the server's default)."""
+        request = pb.CreateTopicRequest(name=name, partition_count=partition_count)
+        return self._unary(self._stub.CreateTopic, request, timeout)  # type: ignore[no-any-return]
+
+    def get_topic(self, name: str, *, timeout: float | None = None) -> pb.Topic:
+        """Describes one topic, with its partitions' head cursors."""
+        response: pb.GetTopicResponse = self._unary(self._stub.GetTopic, pb.GetTopicRequest(name=name), timeout)
+        return response.topic
+
+    def list_topics(
+        self, name_prefix: str = "", *, page_size: int = 0, timeout: float | None = None
+    ) -> Iterator[pb.Topic]:
+        """Every topic (whose name starts with ``name_prefix``), sorted by name."""
+        after = ""
+        while True:
+            request = pb.ListTopicsRequest(name_prefix=name_prefix, after_name=after, limit=page_size)
+            response: pb.ListTopicsResponse = self._unary(self._stub.ListTopics, request, timeout)
+            yield from response.topics
+            if not response.next_after_name:
+                return
+            after = response.next_after_name

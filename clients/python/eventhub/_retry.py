@@ -1,0 +1,33 @@
+"""Exponential backoff for calls that fail with UNAVAILABLE."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry a call that failed with UNAVAILABLE.
+
+    The n-th retry waits a random time up to
+    ``min(max_backoff, initial_backoff * multiplier ** n)`` seconds (full
+    jitter). ``max_attempts`` counts the first try; 1 disables retries. A
+    stream that makes progress starts counting again.
+    """
+
+    max_attempts: int = 6
+    initial_backoff: float = 0.05
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (0-based)."""
+        return random.uniform(0, min(self.max_backoff, self.initial_backoff * self.multiplier**retry))
+
+    def should_retry(self, attempt: int) -> bool:
+        """Whether a call that failed on (0-based) ``attempt`` may be tried again."""
+        return attempt + 1 < self.max_attempts
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
