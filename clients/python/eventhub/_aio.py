@@ -49,6 +49,10 @@ class AsyncStream(Generic[Req, Resp]):
                 self._call = self._open_call(self._request)
             try:
                 page = await self._call.read()
+            except asyncio.CancelledError:
+                if not self._cancelled:
+                    raise
+                raise StopAsyncIteration from None
             except grpc.RpcError as e:
                 self._call = None
                 if self._cancelled:

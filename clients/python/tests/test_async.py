@@ -33,6 +33,22 @@ def test_async_round_trip_follow_and_errors(hub: Hub) -> None:
                         break
             stream.cancel()
 
+            # cancel() from another task ends an iteration blocked on the stream.
+            idle = client.read_partition(topic, 0, "_last", follow=True, heartbeat=0.05)
+            reading = asyncio.Event()
+
+            async def drain() -> int:
+                pages = 0
+                async for _ in idle:
+                    pages += 1
+                    reading.set()
+                return pages
+
+            task = asyncio.ensure_future(drain())
+            await asyncio.wait_for(reading.wait(), 30)
+            idle.cancel()
+            assert await asyncio.wait_for(task, 30) >= 1
+
             surface = [e.payload async for p in client.surface(topic) for e in p.events]
             assert surface == [b"2"]
             assert [p.current_version async for p in client.read_key(topic, "k")] == [2]
