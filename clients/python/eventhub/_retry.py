@@ -13,11 +13,12 @@ class RetryPolicy:
     The n-th retry waits a random time up to
     ``min(max_backoff, initial_backoff * multiplier ** n)`` seconds (full
     jitter). ``max_attempts`` counts the first try; 1 disables retries. A
-    stream that makes progress starts counting again.
+    stream that makes progress starts counting again. The defaults give up
+    after at most about 11 seconds.
     """
 
-    max_attempts: int = 6
-    initial_backoff: float = 0.05
+    max_attempts: int = 8
+    initial_backoff: float = 0.1
     max_backoff: float = 5.0
     multiplier: float = 2.0
 
