@@ -213,6 +213,10 @@ func TestConsumerSurvivesHubRestart(t *testing.T) {
 	if h, err = testhub.Start(dir, addr); err != nil {
 		t.Fatal(err)
 	}
+	// Appends are not retried: wait until the connection is back.
+	if _, err := c.GetTopic(testCtx(t), "restart"); err != nil {
+		t.Fatal(err)
+	}
 	appendN(t, c, "restart", 30, 30)
 	waitFor(t, "60 applied events", 30*time.Second, func() bool { n, _ := count(t, db); return n >= 60 })
 	if err := stop(); err != nil {
