@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--db", required=True, help="the SQLite file to project into")
     parser.add_argument("--group", default="project_to_sqlite", help="the consumer group name")
     parser.add_argument("--start", choices=["first", "last"], default="first")
+    parser.add_argument("--max-events", type=int, default=100, help="most events per page (and transaction)")
     parser.add_argument("--until-caught-up", action="store_true")
     args = parser.parse_args()
 
@@ -60,6 +61,7 @@ def main() -> None:
             eventhub.SqliteCursorStore(db),
             project,
             start=args.start,
+            max_events=args.max_events,
         )
         signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
         signal.signal(signal.SIGINT, lambda *_: consumer.stop())

@@ -19,7 +19,7 @@ def wait_for(condition: Callable[[], T], timeout: float = 30.0, what: str = "con
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(0.005)
 
 
 def unique_topic(prefix: str = "py") -> str:

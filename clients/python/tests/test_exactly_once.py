@@ -16,8 +16,8 @@ from eventhub import AppendEvent
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "project_to_sqlite.py"
 PARTITIONS = 4
-UPFRONT = 1000
-PER_ROUND = 300
+UPFRONT = 3000
+PER_ROUND = 500
 ROUNDS = 4
 LAST = 300
 TOTAL = UPFRONT + ROUNDS * PER_ROUND + LAST
@@ -32,10 +32,10 @@ def count_rows(db: Path) -> int:
 
 
 def produce(client: eventhub.Client, topic: str, start: int, count: int) -> None:
-    for first in range(start, start + count, 50):
+    for first in range(start, start + count, 100):
         client.append(
             topic,
-            [AppendEvent(key=f"k{i % 37}", type="Counted", payload=str(i).encode()) for i in range(first, min(first + 50, start + count))],
+            [AppendEvent(key=f"k{i % 37}", type="Counted", payload=str(i).encode()) for i in range(first, min(first + 100, start + count))],
         )
 
 
@@ -43,7 +43,7 @@ def test_sigkilled_consumer_applies_every_event_exactly_once(client: eventhub.Cl
     topic = unique_topic()
     client.create_topic(topic, PARTITIONS)
     db = tmp_path / "projection.db"
-    command = [sys.executable, str(EXAMPLE), "--target", hub.target, "--topic", topic, "--db", str(db)]
+    command = [sys.executable, str(EXAMPLE), "--target", hub.target, "--topic", topic, "--db", str(db), "--max-events", "20"]
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(command, stdin=subprocess.DEVNULL)
@@ -57,8 +57,8 @@ def test_sigkilled_consumer_applies_every_event_exactly_once(client: eventhub.Cl
     for _ in range(ROUNDS):
         produce(client, topic, produced, PER_ROUND)
         produced += PER_ROUND
-        # The backlog stays far above 300 events, so each kill lands mid-run.
-        threshold = count_rows(db) + 300
+        # The backlog stays thousands of events ahead, so each kill lands mid-run.
+        threshold = count_rows(db) + 400
         process = start()
         try:
             wait_for(lambda: alive_with_rows(process, threshold), timeout=60, what=f"{threshold} rows")
