@@ -82,7 +82,7 @@ impl From<HubError> for Status {
                     md.insert("eventhub-actual-version", v);
                 }
                 // Keys are UTF-8; metadata values must be visible ASCII.
-                if let Ok(v) = key.parse() {
+                if let Ok(v) = percent_encode(key).parse() {
                     md.insert("eventhub-key", v);
                 }
                 status
@@ -104,6 +104,19 @@ impl From<HubError> for Status {
             }
         }
     }
+}
+
+/// Writes every byte outside `!`..`~`, and `%` itself, as `%XX`.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 pub type Result<T, E = HubError> = std::result::Result<T, E>;

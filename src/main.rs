@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use eventhub::config::{Config, Limits, SqliteSync};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -67,6 +67,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EVENTHUB_LOG")
                 .unwrap_or_else(|_| "info".into()),

@@ -369,6 +369,21 @@ async fn expected_version_conflict() {
         2,
         "order-2 was not stored either"
     );
+    let mut unicode = ev("ключ 1", "Paid", "");
+    unicode.expected = ExpectedVersion::Exists as i32;
+    let err = hub
+        .client()
+        .append(proto::AppendRequest {
+            topic: "o".into(),
+            events: vec![unicode],
+            dedup_by_content: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.metadata().get("eventhub-key").unwrap(),
+        "%D0%BA%D0%BB%D1%8E%D1%87%201"
+    );
     let mut exists = ev("order-3", "Paid", "");
     exists.expected = ExpectedVersion::Exists as i32;
     let err = hub

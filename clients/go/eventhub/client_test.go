@@ -269,6 +269,7 @@ func TestReadKeyAndExpectedVersion(t *testing.T) {
 		{"acc-1", pb.ExpectedVersion_EXPECTED_VERSION_EXACT, 0, 3},
 		{"acc-2", pb.ExpectedVersion_EXPECTED_VERSION_EXISTS, 0, 0},
 		{"acc-2", pb.ExpectedVersion_EXPECTED_VERSION_EXACT, 1, 0},
+		{"ключ 1", pb.ExpectedVersion_EXPECTED_VERSION_EXISTS, 0, 0},
 	} {
 		// The conflicting event comes second: the first must not be stored.
 		_, err := client.Append(ctx, topic, []*pb.AppendEvent{ev("acc-3", "Opened", "x"), expect(ev(c.key, "Deposited", "x"), c.kind, c.v)})

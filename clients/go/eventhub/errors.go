@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 
 	"google.golang.org/grpc/codes"
@@ -89,8 +90,13 @@ func wrap(err error, trailer metadata.MD) error {
 	if e.Code == codes.FailedPrecondition {
 		keys, versions := trailer.Get("eventhub-key"), trailer.Get("eventhub-actual-version")
 		if len(keys) > 0 && len(versions) > 0 {
+			// The hub percent-encodes the key so that any UTF-8 key fits in ASCII metadata.
+			key, kerr := url.PathUnescape(keys[0])
+			if kerr != nil {
+				key = keys[0]
+			}
 			if v, perr := strconv.ParseUint(versions[0], 10, 64); perr == nil {
-				return &VersionConflictError{Key: keys[0], ActualVersion: v, Err: e}
+				return &VersionConflictError{Key: key, ActualVersion: v, Err: e}
 			}
 		}
 	}

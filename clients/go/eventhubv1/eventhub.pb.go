@@ -10,8 +10,9 @@
 // * Keys are 1–1024 bytes of UTF-8. Keys starting with `$` are reserved for
 //   the hub and refused from clients.
 // * Event types are 1–200 characters of `[A-Za-z0-9._:/-]`. Types starting
-//   with `$` are reserved for events the hub writes itself (see
-//   `INVALIDATION_EVENT_TYPE` below) and refused from clients.
+//   with `$` are reserved for events the hub writes itself (the
+//   invalidation markers of type `$invalidation`, see `Event.invalidation`)
+//   and refused from clients.
 // * The server enforces configurable limits (defaults in brackets): size of
 //   one event, counting key, type, content type, headers and payload
 //   [1 MiB]; events per Append [10,000]; total request size [16 MiB];
@@ -805,8 +806,8 @@ type ReadPartitionRequest struct {
 	// `$invalidation` is listed.
 	Types []string `protobuf:"bytes,7,rep,name=types,proto3" json:"types,omitempty"`
 	// With `follow`: the longest time between two pages; an empty heartbeat
-	// page is sent when nothing else is. 0 means 5,000; the smallest accepted
-	// value is 50.
+	// page is sent when nothing else is. 0 means 5,000; values below 50 are
+	// raised to 50.
 	HeartbeatMs   uint32 `protobuf:"varint,8,opt,name=heartbeat_ms,json=heartbeatMs,proto3" json:"heartbeat_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -10,8 +10,9 @@
 // * Keys are 1–1024 bytes of UTF-8. Keys starting with `$` are reserved for
 //   the hub and refused from clients.
 // * Event types are 1–200 characters of `[A-Za-z0-9._:/-]`. Types starting
-//   with `$` are reserved for events the hub writes itself (see
-//   `INVALIDATION_EVENT_TYPE` below) and refused from clients.
+//   with `$` are reserved for events the hub writes itself (the
+//   invalidation markers of type `$invalidation`, see `Event.invalidation`)
+//   and refused from clients.
 // * The server enforces configurable limits (defaults in brackets): size of
 //   one event, counting key, type, content type, headers and payload
 //   [1 MiB]; events per Append [10,000]; total request size [16 MiB];
@@ -95,7 +96,10 @@ type EventHubServiceClient interface {
 	// request; RESOURCE_EXHAUSTED for too many events; FAILED_PRECONDITION
 	// when an expected key version does not hold (the message, and the
 	// trailing metadata `eventhub-key` and `eventhub-actual-version`, name the
-	// key and its actual version); NOT_FOUND for an unknown topic with
+	// key and its actual version; `eventhub-key` is the key's UTF-8 bytes with
+	// every byte outside `!`..`~`, and `%` itself, written as `%XX`, so
+	// `ключ 1` arrives as `%D0%BA%D0%BB%D1%8E%D1%87%201`); NOT_FOUND for an
+	// unknown topic with
 	// auto-create off. Once Append returns OK the events are durable.
 	Append(ctx context.Context, in *AppendRequest, opts ...grpc.CallOption) (*AppendResponse, error)
 	// ReadPartition reads one partition of a topic from a cursor. The stream
@@ -293,7 +297,10 @@ type EventHubServiceServer interface {
 	// request; RESOURCE_EXHAUSTED for too many events; FAILED_PRECONDITION
 	// when an expected key version does not hold (the message, and the
 	// trailing metadata `eventhub-key` and `eventhub-actual-version`, name the
-	// key and its actual version); NOT_FOUND for an unknown topic with
+	// key and its actual version; `eventhub-key` is the key's UTF-8 bytes with
+	// every byte outside `!`..`~`, and `%` itself, written as `%XX`, so
+	// `ключ 1` arrives as `%D0%BA%D0%BB%D1%8E%D1%87%201`); NOT_FOUND for an
+	// unknown topic with
 	// auto-create off. Once Append returns OK the events are durable.
 	Append(context.Context, *AppendRequest) (*AppendResponse, error)
 	// ReadPartition reads one partition of a topic from a cursor. The stream
