@@ -11,7 +11,7 @@ import grpc.aio
 
 from . import _requests as rq
 from ._errors import from_rpc_error
-from ._retry import RetryPolicy
+from ._retry import DEFAULT_RETRY, RetryPolicy
 from .v1 import eventhub_pb2 as pb
 from .v1 import eventhub_pb2_grpc as pb_grpc
 
@@ -57,7 +57,7 @@ class AsyncStream(Generic[Req, Resp]):
                 self._call = None
                 if self._cancelled:
                     raise StopAsyncIteration from None
-                if e.code() == grpc.StatusCode.UNAVAILABLE and self._retry.should_retry(attempt):
+                if self._retry.should_retry(e, attempt):
                     await asyncio.sleep(self._retry.backoff(attempt))
                     attempt += 1
                     continue
@@ -88,7 +88,7 @@ class AsyncClient:
         channel: grpc.aio.Channel | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         timeout: float | None = 30.0,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         if channel is None:
@@ -117,20 +117,14 @@ class AsyncClient:
             try:
                 return await method(request, timeout=timeout or self._timeout, metadata=self._metadata)
             except grpc.RpcError as e:
-                if (
-                    retryable
-                    and e.code() == grpc.StatusCode.UNAVAILABLE
-                    and self._retry.should_retry(attempt)
-                ):
+                if retryable and self._retry.should_retry(e, attempt):
                     await asyncio.sleep(self._retry.backoff(attempt))
                     attempt += 1
                     continue
                 raise from_rpc_error(e) from e
 
     def _stream(self, method: Any, request: Req, resume: Any, timeout: float | None) -> AsyncStream[Req, Any]:
-        return AsyncStream(
-            lambda r: method(r, timeout=timeout, metadata=self._metadata), request, resume, self._retry
-        )
+        return AsyncStream(lambda r: method(r, timeout=timeout, metadata=self._metadata), request, resume, self._retry)
 
     async def append(
         self,
@@ -203,9 +197,7 @@ class AsyncClient:
         return await self._unary(self._stub.CreateTopic, request, timeout)  # type: ignore[no-any-return]
 
     async def get_topic(self, name: str, *, timeout: float | None = None) -> pb.Topic:
-        response: pb.GetTopicResponse = await self._unary(
-            self._stub.GetTopic, pb.GetTopicRequest(name=name), timeout
-        )
+        response: pb.GetTopicResponse = await self._unary(self._stub.GetTopic, pb.GetTopicRequest(name=name), timeout)
         return response.topic
 
     async def list_topics(

@@ -11,7 +11,7 @@ import grpc
 
 from . import _requests as rq
 from ._errors import from_rpc_error
-from ._retry import RetryPolicy
+from ._retry import DEFAULT_RETRY, RetryPolicy
 from .v1 import eventhub_pb2 as pb
 from .v1 import eventhub_pb2_grpc as pb_grpc
 
@@ -64,7 +64,7 @@ class Stream(Generic[Req, Resp]):
                 self._call = None
                 if self._cancelled.is_set():
                     raise StopIteration from None
-                if e.code() == grpc.StatusCode.UNAVAILABLE and self._retry.should_retry(attempt):
+                if self._retry.should_retry(e, attempt):
                     self._cancelled.wait(self._retry.backoff(attempt))
                     attempt += 1
                     continue
@@ -108,7 +108,7 @@ class Client:
         channel: grpc.Channel | None = None,
         metadata: Metadata = (),
         timeout: float | None = 30.0,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         if channel is None:
@@ -137,20 +137,14 @@ class Client:
             try:
                 return method(request, timeout=timeout or self._timeout, metadata=self._metadata)
             except grpc.RpcError as e:
-                if (
-                    retryable
-                    and e.code() == grpc.StatusCode.UNAVAILABLE
-                    and self._retry.should_retry(attempt)
-                ):
+                if retryable and self._retry.should_retry(e, attempt):
                     time.sleep(self._retry.backoff(attempt))
                     attempt += 1
                     continue
                 raise from_rpc_error(e) from e
 
     def _stream(self, method: Any, request: Req, resume: Any, timeout: float | None) -> Stream[Req, Any]:
-        return Stream(
-            lambda r: method(r, timeout=timeout, metadata=self._metadata), request, resume, self._retry
-        )
+        return Stream(lambda r: method(r, timeout=timeout, metadata=self._metadata), request, resume, self._retry)
 
     def append(
         self,

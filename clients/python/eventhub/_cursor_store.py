@@ -29,7 +29,10 @@ _CREATE = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
 )"""
 _WHERE = 'consumer = {consumer} AND topic = {topic} AND "partition" = {partition}'
 _SELECT = f'SELECT "cursor" FROM {TABLE} WHERE {_WHERE}'
-_INSERT = f'INSERT INTO {TABLE} (consumer, topic, "partition", "cursor") VALUES ({{consumer}}, {{topic}}, {{partition}}, {{cursor}})'
+_INSERT = (
+    f'INSERT INTO {TABLE} (consumer, topic, "partition", "cursor")'
+    " VALUES ({consumer}, {topic}, {partition}, {cursor})"
+)
 _UPDATE = f'UPDATE {TABLE} SET "cursor" = {{cursor}} WHERE {_WHERE} AND "cursor" = {{previous}}'
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -48,9 +51,7 @@ class CursorStore(Protocol[Tx]):
 
     def load(self, tx: Tx, consumer: str, topic: str, partition: int) -> str | None: ...
 
-    def save(
-        self, tx: Tx, consumer: str, topic: str, partition: int, previous: str | None, cursor: str
-    ) -> None: ...
+    def save(self, tx: Tx, consumer: str, topic: str, partition: int, previous: str | None, cursor: str) -> None: ...
 
 
 class DbApiCursorStore:
@@ -130,9 +131,7 @@ class DbApiCursorStore:
             cursor.close()
         return None if row is None else str(row[0])
 
-    def save(
-        self, tx: Any, consumer: str, topic: str, partition: int, previous: str | None, cursor: str
-    ) -> None:
+    def save(self, tx: Any, consumer: str, topic: str, partition: int, previous: str | None, cursor: str) -> None:
         values = {"consumer": consumer, "topic": topic, "partition": partition, "cursor": cursor}
         db_cursor = tx.cursor()
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 
@@ -62,7 +63,8 @@ class FailedPrecondition(EventHubError):
     """An expected key version did not hold.
 
     ``key`` and ``actual_version`` come from the trailing metadata
-    ``eventhub-key`` and ``eventhub-actual-version`` (None when absent).
+    ``eventhub-key`` (percent-encoded UTF-8) and ``eventhub-actual-version``
+    (None when absent).
     """
 
     code = grpc.StatusCode.FAILED_PRECONDITION
@@ -75,7 +77,8 @@ class FailedPrecondition(EventHubError):
         metadata: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message, code=code, metadata=metadata)
-        self.key: str | None = self.metadata.get("eventhub-key")
+        key = self.metadata.get("eventhub-key")
+        self.key: str | None = None if key is None else unquote(key, errors="replace")
         version = self.metadata.get("eventhub-actual-version")
         self.actual_version: int | None = int(version) if version and version.isdigit() else None
 

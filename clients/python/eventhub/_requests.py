@@ -15,9 +15,7 @@ def _ms(seconds: float | None, name: str) -> int:
     return round(seconds * 1000)
 
 
-def append_request(
-    topic: str, events: Iterable[pb.AppendEvent], dedup_by_content: bool
-) -> pb.AppendRequest:
+def append_request(topic: str, events: Iterable[pb.AppendEvent], dedup_by_content: bool) -> pb.AppendRequest:
     return pb.AppendRequest(topic=topic, events=list(events), dedup_by_content=dedup_by_content)
 
 
@@ -52,9 +50,7 @@ def all_have_event_ids(request: pb.AppendRequest) -> bool:
 # after ``page``, or None when nothing is left to ask for.
 
 
-def resume_read_partition(
-    request: pb.ReadPartitionRequest, page: pb.ReadPartitionResponse
-) -> pb.ReadPartitionRequest:
+def resume_read_partition(request: pb.ReadPartitionRequest, page: pb.ReadPartitionResponse) -> pb.ReadPartitionRequest:
     nxt = pb.ReadPartitionRequest()
     nxt.CopyFrom(request)
     nxt.cursor = page.cursor

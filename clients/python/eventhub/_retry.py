@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import grpc
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -26,9 +28,10 @@ class RetryPolicy:
         """Seconds to wait before retry number ``retry`` (0-based)."""
         return random.uniform(0, min(self.max_backoff, self.initial_backoff * self.multiplier**retry))
 
-    def should_retry(self, attempt: int) -> bool:
-        """Whether a call that failed on (0-based) ``attempt`` may be tried again."""
-        return attempt + 1 < self.max_attempts
+    def should_retry(self, error: grpc.RpcError, attempt: int) -> bool:
+        """Whether a call that failed with ``error`` on (0-based) ``attempt`` may be tried again."""
+        return error.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < self.max_attempts
 
 
+DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(max_attempts=1)

@@ -33,7 +33,7 @@ def test_round_trip(client: eventhub.Client) -> None:
     response = client.append(topic, events)
     assert response.transaction_id > 0
     assert len(response.results) == 20
-    for event, result in zip(events, response.results):
+    for event, result in zip(events, response.results, strict=True):
         assert result.partition == eventhub.partition_for(event.key, 4)
         assert result.key_version == 1
         assert result.outcome == eventhub.AppendOutcome.Value("APPEND_OUTCOME_STORED")
@@ -42,14 +42,14 @@ def test_round_trip(client: eventhub.Client) -> None:
     read = {p: read_all(client, topic, p) for p in range(4)}
     assert sum(len(v) for v in read.values()) == 20
     by_key = {e.key: e for events_ in read.values() for e in events_}
-    for event, result in zip(events, response.results):
+    for event, result in zip(events, response.results, strict=True):
         got = by_key[event.key]
         assert (got.partition, got.sequence, got.cursor) == (result.partition, result.sequence, result.cursor)
         assert (got.type, got.payload, got.content_type) == (event.type, event.payload, event.content_type)
         assert dict(got.headers) == dict(event.headers)
         assert got.transaction_id == response.transaction_id
         assert got.committed_at.seconds > 0
-    for p, events_ in read.items():
+    for events_ in read.values():
         assert [e.sequence for e in events_] == list(range(1, len(events_) + 1))
 
     topic_info = client.get_topic(topic)
@@ -229,12 +229,16 @@ def test_read_key_and_expected_versions(client: eventhub.Client) -> None:
     assert failed.value.actual_version == 2
     with pytest.raises(eventhub.FailedPrecondition):
         client.append(topic, [ev("acct", expected=eventhub.EXPECTED_VERSION_NO_KEY)])
+    with pytest.raises(eventhub.FailedPrecondition) as unicode:
+        for _ in range(2):
+            client.append(topic, [ev("ключ 1%", expected=eventhub.EXPECTED_VERSION_NO_KEY)])
+    assert (unicode.value.key, unicode.value.actual_version) == ("ключ 1%", 1)
     with pytest.raises(eventhub.FailedPrecondition) as missing:
         client.append(topic, [ev("ghost", expected=eventhub.EXPECTED_VERSION_EXISTS)])
     assert (missing.value.key, missing.value.actual_version) == ("ghost", 0)
     # Rejected means untouched: the whole append was refused.
     assert [p.current_version for p in client.read_key(topic, "other")] == [0]
-    assert client.get_topic(topic).event_count == 2
+    assert client.get_topic(topic).event_count == 3
 
 
 def test_read_key_of_unknown_key(client: eventhub.Client) -> None:

@@ -33,7 +33,9 @@ def append(client: eventhub.Client, topic: str, start: int, count: int, type: st
     client.append(topic, [AppendEvent(key=f"k{i}", type=type, payload=b"x") for i in range(start, start + count)])
 
 
-def consumer(client: eventhub.Client, topic: str, db: sqlite3.Connection, **kw: object) -> eventhub.Consumer[sqlite3.Connection]:
+def consumer(
+    client: eventhub.Client, topic: str, db: sqlite3.Connection, **kw: object
+) -> eventhub.Consumer[sqlite3.Connection]:
     return eventhub.Consumer(client, topic, "test-group", eventhub.SqliteCursorStore(db), record, max_events=7, **kw)  # type: ignore[arg-type]
 
 

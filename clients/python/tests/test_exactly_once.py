@@ -6,6 +6,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 from _support import unique_topic, wait_for
@@ -35,7 +36,10 @@ def produce(client: eventhub.Client, topic: str, start: int, count: int) -> None
     for first in range(start, start + count, 100):
         client.append(
             topic,
-            [AppendEvent(key=f"k{i % 37}", type="Counted", payload=str(i).encode()) for i in range(first, min(first + 100, start + count))],
+            [
+                AppendEvent(key=f"k{i % 37}", type="Counted", payload=str(i).encode())
+                for i in range(first, min(first + 100, start + count))
+            ],
         )
 
 
@@ -43,7 +47,18 @@ def test_sigkilled_consumer_applies_every_event_exactly_once(client: eventhub.Cl
     topic = unique_topic()
     client.create_topic(topic, PARTITIONS)
     db = tmp_path / "projection.db"
-    command = [sys.executable, str(EXAMPLE), "--target", hub.target, "--topic", topic, "--db", str(db), "--max-events", "20"]
+    command = [
+        sys.executable,
+        str(EXAMPLE),
+        "--target",
+        hub.target,
+        "--topic",
+        topic,
+        "--db",
+        str(db),
+        "--max-events",
+        "20",
+    ]
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(command, stdin=subprocess.DEVNULL)
@@ -61,7 +76,7 @@ def test_sigkilled_consumer_applies_every_event_exactly_once(client: eventhub.Cl
         threshold = count_rows(db) + 400
         process = start()
         try:
-            wait_for(lambda: alive_with_rows(process, threshold), timeout=60, what=f"{threshold} rows")
+            wait_for(partial(alive_with_rows, process, threshold), timeout=60, what=f"{threshold} rows")
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=30)

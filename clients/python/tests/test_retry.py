@@ -37,7 +37,7 @@ class Flaky(pb_grpc.EventHubServiceServicer):
     def Append(self, request: pb.AppendRequest, context: grpc.ServicerContext) -> pb.AppendResponse:
         self._call("Append", request, context)
         if request.events[0].expected == pb.EXPECTED_VERSION_NO_KEY:
-            context.set_trailing_metadata((("eventhub-key", "acct"), ("eventhub-actual-version", "7")))
+            context.set_trailing_metadata((("eventhub-key", "acct%20%C3%A9"), ("eventhub-actual-version", "7")))
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "key acct is at version 7, not 0")
         return pb.AppendResponse(transaction_id=1)
 
@@ -105,7 +105,7 @@ def test_failed_precondition_details(flaky: tuple[Flaky, str]) -> None:
     with eventhub.Client(target, retry=FAST) as client:
         with pytest.raises(eventhub.FailedPrecondition) as error:
             client.append("t", [eventhub.AppendEvent(key="acct", type="T", expected=eventhub.EXPECTED_VERSION_NO_KEY)])
-    assert (error.value.key, error.value.actual_version) == ("acct", 7)
+    assert (error.value.key, error.value.actual_version) == ("acct é", 7)
     assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "version 7" in str(error.value)
 
@@ -118,7 +118,9 @@ def test_async_client_retries_and_resumes(flaky: tuple[Flaky, str]) -> None:
             assert (await client.get_topic("t")).name == "t"
             assert [p.cursor async for p in client.read_partition("t", 0)] == ["1", "2", "3"]
             with pytest.raises(eventhub.FailedPrecondition) as error:
-                event = eventhub.AppendEvent(key="acct", type="T", event_id="e1", expected=eventhub.EXPECTED_VERSION_NO_KEY)
+                event = eventhub.AppendEvent(
+                    key="acct", type="T", event_id="e1", expected=eventhub.EXPECTED_VERSION_NO_KEY
+                )
                 await client.append("t", [event])
             assert error.value.actual_version == 7
 

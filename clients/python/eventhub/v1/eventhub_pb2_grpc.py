@@ -95,7 +95,10 @@ class EventHubServiceServicer:
         request; RESOURCE_EXHAUSTED for too many events; FAILED_PRECONDITION
         when an expected key version does not hold (the message, and the
         trailing metadata `eventhub-key` and `eventhub-actual-version`, name the
-        key and its actual version); NOT_FOUND for an unknown topic with
+        key and its actual version; `eventhub-key` is the key's UTF-8 bytes with
+        every byte outside `!`..`~`, and `%` itself, written as `%XX`, so
+        `ключ 1` arrives as `%D0%BA%D0%BB%D1%8E%D1%87%201`); NOT_FOUND for an
+        unknown topic with
         auto-create off. Once Append returns OK the events are durable.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
