@@ -1455,8 +1455,8 @@ type PartitionInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The partition.
 	Partition uint32 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
-	// The cursor after the partition's last event (`_first` semantics when
-	// empty of events).
+	// The cursor after the partition's last event. For a partition with no
+	// events it is equivalent to `_first`.
 	HeadCursor string `protobuf:"bytes,2,opt,name=head_cursor,json=headCursor,proto3" json:"head_cursor,omitempty"`
 	// The number of events in the partition (also its last sequence).
 	EventCount    uint64 `protobuf:"varint,3,opt,name=event_count,json=eventCount,proto3" json:"event_count,omitempty"`
@@ -1815,7 +1815,8 @@ type ListTopicsRequest struct {
 	NamePrefix string `protobuf:"bytes,1,opt,name=name_prefix,json=namePrefix,proto3" json:"name_prefix,omitempty"`
 	// Only topics sorted after this name (pass `next_after_name`).
 	AfterName string `protobuf:"bytes,2,opt,name=after_name,json=afterName,proto3" json:"after_name,omitempty"`
-	// Most topics returned; 0 means 100, at most 1,000.
+	// Most topics returned; 0 means 100, and values over 1,000 are capped at
+	// 1,000.
 	Limit         uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
