@@ -327,15 +327,12 @@ impl TopicDraft {
         }
         let want_keys: Vec<&str> = want_keys.into_iter().collect();
         for chunk in want_keys.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT key, version, live_partition, live_sequence, live_tombstone FROM keys WHERE topic_id = ",
+            let mut qb = select_in(
+                "SELECT key, version, live_partition, live_sequence, live_tombstone FROM keys",
+                id,
+                "key",
+                chunk,
             );
-            qb.push_bind(id).push(" AND key IN (");
-            let mut sep = qb.separated(", ");
-            for k in chunk {
-                sep.push_bind(*k);
-            }
-            qb.push(")");
             for row in qb.build().fetch_all(&mut *conn).await? {
                 let key: String = row.try_get("key")?;
                 let live = match (
@@ -365,15 +362,12 @@ impl TopicDraft {
         }
         let want_ids: Vec<&str> = want_ids.into_iter().collect();
         for chunk in want_ids.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT event_id, partition, sequence, key_version, transaction_id FROM events WHERE topic_id = ",
+            let mut qb = select_in(
+                "SELECT event_id, partition, sequence, key_version, transaction_id FROM events",
+                id,
+                "event_id",
+                chunk,
             );
-            qb.push_bind(id).push(" AND event_id IN (");
-            let mut sep = qb.separated(", ");
-            for k in chunk {
-                sep.push_bind(*k);
-            }
-            qb.push(")");
             for row in qb.build().fetch_all(&mut *conn).await? {
                 let pos = StoredPos {
                     partition: row.try_get::<i64, _>("partition")? as u32,
@@ -535,6 +529,25 @@ impl TopicDraft {
         }
         state
     }
+}
+
+/// `<select> WHERE topic_id = <id> AND <column> IN (<values>)`.
+fn select_in<'a>(
+    select: &str,
+    id: i64,
+    column: &str,
+    values: &[&'a str],
+) -> QueryBuilder<'a, Sqlite> {
+    let mut qb = QueryBuilder::<Sqlite>::new(select);
+    qb.push(" WHERE topic_id = ")
+        .push_bind(id)
+        .push(format!(" AND {column} IN ("));
+    let mut sep = qb.separated(", ");
+    for v in values {
+        sep.push_bind(*v);
+    }
+    qb.push(")");
+    qb
 }
 
 async fn insert_topic(
