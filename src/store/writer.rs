@@ -180,16 +180,13 @@ impl TopicDraft {
 
     /// Plans one append against the draft. On success the draft includes its
     /// effects; on error the draft is unchanged.
-    fn plan_append(
-        &mut self,
-        events: &[NewEvent],
-        dedup: bool,
-        now_ms: i64,
-    ) -> Result<AppendReply> {
+    fn plan_append(&mut self, events: &[NewEvent], dedup: bool) -> Result<AppendReply> {
         let txn = self.last_txn + 1;
         let mut keys: HashMap<&str, KeyState> = HashMap::new();
         let mut heads: BTreeMap<u32, u64> = BTreeMap::new();
         let mut rows: Vec<PendingEvent> = Vec::new();
+        // Position in `rows` of each event this append stores, for dedup.
+        let mut row_index: HashMap<(u32, u64), usize> = HashMap::new();
         let mut results = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
             if let Some(pos) = ev.event_id.as_ref().and_then(|id| self.ids.get(id)) {
@@ -212,9 +209,9 @@ impl TopicDraft {
                 });
             }
             if dedup && let Some(live) = ks.live {
-                let local = rows
-                    .iter()
-                    .find(|r| r.partition == live.partition && r.sequence == live.sequence);
+                let local = row_index
+                    .get(&(live.partition, live.sequence))
+                    .map(|&i| &rows[i]);
                 let stored = match local {
                     Some(r) => Some((&r.content, r.key_version, r.transaction_id)),
                     None => self.content_of(live.partition, live.sequence),
@@ -255,6 +252,7 @@ impl TopicDraft {
                     changed: Some(txn),
                 },
             );
+            row_index.insert((partition, pos.sequence), rows.len());
             rows.push(PendingEvent {
                 partition,
                 sequence: pos.sequence,
@@ -267,7 +265,6 @@ impl TopicDraft {
             });
             results.push((pos, AppendOutcome::Stored));
         }
-        let _ = now_ms;
         if rows.is_empty() {
             return Ok(AppendReply {
                 transaction_id: results[0].0.transaction_id,
@@ -709,7 +706,7 @@ impl Writer {
         let mut replies = Vec::with_capacity(batch.len());
         for req in batch {
             let r = match drafts.get_mut(req.topic.as_str()) {
-                Some((draft, _)) => draft.plan_append(&req.events, req.dedup_by_content, now),
+                Some((draft, _)) => draft.plan_append(&req.events, req.dedup_by_content),
                 None => Err(HubError::NotFound(format!(
                     "topic {:?} does not exist and this hub does not create topics on append; create it with CreateTopic",
                     req.topic.as_str()
