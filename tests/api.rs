@@ -345,15 +345,7 @@ async fn expected_version_conflict() {
     assert_eq!(resp.results[0].key_version, 2);
     let mut other = ev("order-2", "Created", "");
     other.expected = ExpectedVersion::NoKey as i32;
-    let err = hub
-        .client()
-        .append(proto::AppendRequest {
-            topic: "o".into(),
-            events: vec![other, ok],
-            dedup_by_content: false,
-        })
-        .await
-        .unwrap_err();
+    let err = hub.append_err("o", vec![other, ok]).await;
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("version 2"), "{}", err.message());
     assert_eq!(err.metadata().get("eventhub-actual-version").unwrap(), "2");
@@ -371,30 +363,14 @@ async fn expected_version_conflict() {
     );
     let mut unicode = ev("ключ 1", "Paid", "");
     unicode.expected = ExpectedVersion::Exists as i32;
-    let err = hub
-        .client()
-        .append(proto::AppendRequest {
-            topic: "o".into(),
-            events: vec![unicode],
-            dedup_by_content: false,
-        })
-        .await
-        .unwrap_err();
+    let err = hub.append_err("o", vec![unicode]).await;
     assert_eq!(
         err.metadata().get("eventhub-key").unwrap(),
         "%D0%BA%D0%BB%D1%8E%D1%87%201"
     );
     let mut exists = ev("order-3", "Paid", "");
     exists.expected = ExpectedVersion::Exists as i32;
-    let err = hub
-        .client()
-        .append(proto::AppendRequest {
-            topic: "o".into(),
-            events: vec![exists],
-            dedup_by_content: false,
-        })
-        .await
-        .unwrap_err();
+    let err = hub.append_err("o", vec![exists]).await;
     assert_eq!(err.code(), Code::FailedPrecondition);
 }
 
@@ -438,14 +414,8 @@ async fn event_id_retry_is_idempotent() {
 async fn invalid_event_stores_nothing() {
     let hub = spawn_hub().await;
     let err = hub
-        .client()
-        .append(proto::AppendRequest {
-            topic: "fresh".into(),
-            events: vec![ev("ok", "T", "1"), ev("", "T", "2")],
-            dedup_by_content: false,
-        })
-        .await
-        .unwrap_err();
+        .append_err("fresh", vec![ev("ok", "T", "1"), ev("", "T", "2")])
+        .await;
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("events[1].key"), "{}", err.message());
     let err = hub
@@ -460,15 +430,7 @@ async fn invalid_event_stores_nothing() {
     let mut e = ev("k", "T", "");
     e.expected = ExpectedVersion::Exact as i32;
     e.expected_key_version = 3;
-    let err = hub
-        .client()
-        .append(proto::AppendRequest {
-            topic: "fresh".into(),
-            events: vec![e],
-            dedup_by_content: false,
-        })
-        .await
-        .unwrap_err();
+    let err = hub.append_err("fresh", vec![e]).await;
     assert_eq!(err.code(), Code::FailedPrecondition);
     let err = hub
         .client()
@@ -557,15 +519,7 @@ async fn create_get_list_topics() {
 #[tokio::test]
 async fn auto_create_off() {
     let hub = spawn_hub_with(|c| c.auto_create_topics = false).await;
-    let err = hub
-        .client()
-        .append(proto::AppendRequest {
-            topic: "nope".into(),
-            events: vec![ev("k", "T", "")],
-            dedup_by_content: false,
-        })
-        .await
-        .unwrap_err();
+    let err = hub.append_err("nope", vec![ev("k", "T", "")]).await;
     assert_eq!(err.code(), Code::NotFound);
 }
 
@@ -609,15 +563,7 @@ async fn read_key_history() {
     mine.expected_key_version = version;
     let theirs = mine.clone();
     hub.append("p", vec![mine]).await;
-    let err = hub
-        .client()
-        .append(proto::AppendRequest {
-            topic: "p".into(),
-            events: vec![theirs],
-            dedup_by_content: false,
-        })
-        .await
-        .unwrap_err();
+    let err = hub.append_err("p", vec![theirs]).await;
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(err.metadata().get("eventhub-actual-version").unwrap(), "31");
 }

@@ -71,6 +71,18 @@ impl TestHub {
         append(&mut self.client(), topic, events).await
     }
 
+    /// An Append that must fail; returns its status.
+    pub async fn append_err(&self, topic: &str, events: Vec<AppendEvent>) -> tonic::Status {
+        self.client()
+            .append(proto::AppendRequest {
+                topic: topic.into(),
+                events,
+                dedup_by_content: false,
+            })
+            .await
+            .expect_err("the append should have been refused")
+    }
+
     /// Reads a partition from `cursor` until caught up (no waiting).
     pub async fn read_all(
         &self,
