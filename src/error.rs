@@ -41,25 +41,50 @@ impl HubError {
         ))
     }
 
-    /// True when the storage cannot be reached (as opposed to a bug).
-    fn is_unavailable(err: &sqlx::Error) -> bool {
+    /// True when the failure is the storage being out of reach (the call may
+    /// succeed when retried), as opposed to a bad request or a bug.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            HubError::Unavailable(_) => true,
+            HubError::Storage(e) => Self::storage_unavailable(e),
+            _ => false,
+        }
+    }
+
+    /// The error every append of a group commit gets when the commit failed.
+    pub fn not_stored(cause: &HubError) -> Self {
+        match cause {
+            HubError::Storage(e) if Self::storage_unavailable(e) => HubError::Unavailable(format!(
+                "the hub's database is unavailable ({e}); the append was not stored, retry later"
+            )),
+            other => HubError::Unavailable(format!("the append was not stored: {other}; retry")),
+        }
+    }
+
+    fn storage_unavailable(err: &sqlx::Error) -> bool {
         match err {
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_) => true,
-            sqlx::Error::Database(db) => {
+            sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // PostgreSQL SQLSTATEs (always 5 characters): connection
+                // exceptions (08), insufficient resources (53), operator
+                // intervention such as a shutting-down server (57P), and
+                // serialization failures and deadlocks (40).
+                Some(c) if c.len() == 5 => {
+                    c.starts_with("08")
+                        || c.starts_with("53")
+                        || c.starts_with("57P")
+                        || c.starts_with("40")
+                }
                 // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6), SQLITE_FULL (13),
                 // SQLITE_IOERR (10) and their extended codes.
-                matches!(
-                    db.code()
-                        .as_deref()
-                        .and_then(|c| c.parse::<i64>().ok())
-                        .map(|c| c & 0xff),
-                    Some(5 | 6 | 10 | 13)
-                )
-            }
+                Some(c) => matches!(c.parse::<i64>().map(|c| c & 0xff), Ok(5 | 6 | 10 | 13)),
+                None => false,
+            },
             _ => false,
         }
     }
@@ -88,7 +113,7 @@ impl From<HubError> for Status {
                 status
             }
             HubError::Unavailable(m) => Status::unavailable(m),
-            HubError::Storage(e) if HubError::is_unavailable(&e) => {
+            HubError::Storage(e) if HubError::storage_unavailable(&e) => {
                 tracing::warn!(error = %e, "storage unavailable");
                 Status::unavailable(format!(
                     "the hub's database is unavailable ({e}); retry later"

@@ -63,9 +63,9 @@ impl Hub {
         }
     }
 
-    fn topic(&self, name: &str) -> Result<(TopicName, Arc<TopicState>)> {
+    async fn topic(&self, name: &str) -> Result<(TopicName, Arc<TopicState>)> {
         let name = TopicName::parse(name)?;
-        let t = self.store.require_topic(&name)?;
+        let t = self.store.require_topic(&name).await?;
         Ok((name, t))
     }
 
@@ -436,7 +436,7 @@ impl EventHubService for Hub {
         request: Request<proto::ReadPartitionRequest>,
     ) -> Result<Response<Self::ReadPartitionStream>, Status> {
         let req = request.into_inner();
-        let (name, topic) = self.topic(&req.topic)?;
+        let (name, topic) = self.topic(&req.topic).await?;
         if req.partition >= topic.partition_count {
             return Err(HubError::invalid(format!(
                 "partition {} is out of range; topic {:?} has partitions 0 to {}",
@@ -476,7 +476,7 @@ impl EventHubService for Hub {
         request: Request<proto::SurfaceRequest>,
     ) -> Result<Response<Self::SurfaceStream>, Status> {
         let req = request.into_inner();
-        let (_, topic) = self.topic(&req.topic)?;
+        let (_, topic) = self.topic(&req.topic).await?;
         let hub = self.clone();
         Ok(Response::new(stream(|tx| hub.surface_loop(topic, req, tx))))
     }
@@ -488,7 +488,7 @@ impl EventHubService for Hub {
         request: Request<proto::ReadKeyRequest>,
     ) -> Result<Response<Self::ReadKeyStream>, Status> {
         let req = request.into_inner();
-        let (_, topic) = self.topic(&req.topic)?;
+        let (_, topic) = self.topic(&req.topic).await?;
         validate::check_key(&req.key, "key")?;
         let hub = self.clone();
         Ok(Response::new(stream(|tx| {
@@ -542,7 +542,7 @@ impl EventHubService for Hub {
         &self,
         request: Request<proto::GetTopicRequest>,
     ) -> Result<Response<proto::GetTopicResponse>, Status> {
-        let (_, topic) = self.topic(&request.into_inner().name)?;
+        let (_, topic) = self.topic(&request.into_inner().name).await?;
         Ok(Response::new(proto::GetTopicResponse {
             topic: Some(topic_info(&topic)),
         }))
@@ -559,7 +559,8 @@ impl EventHubService for Hub {
         };
         let mut topics = self
             .store
-            .list_topics(&req.name_prefix, &req.after_name, limit + 1);
+            .list_topics(&req.name_prefix, &req.after_name, limit + 1)
+            .await?;
         let next_after_name = if topics.len() > limit {
             topics.truncate(limit);
             topics.last().map(|t| t.name.clone()).unwrap_or_default()

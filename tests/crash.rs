@@ -1,49 +1,23 @@
 //! The hub process is killed with SIGKILL during appends and restarted on
-//! the same file: every acknowledged event is there, no transaction is half there.
+//! the same database: every acknowledged event is there, no transaction is
+//! half there.
 
 mod common;
 
 use common::*;
 use std::collections::{BTreeMap, HashSet};
-use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-async fn start(db: &std::path::Path) -> (Child, Client) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eventhub"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--default-partitions",
-            "3",
-            "--database",
-        ])
-        .arg(format!("sqlite://{}", db.display()))
-        .env("EVENTHUB_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .await
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("eventhub listening on ")
-        .expect("listening line")
-        .parse()
-        .unwrap();
-    (child, connect(addr).await)
+async fn start(db: &str) -> (Child, Client) {
+    let hub = spawn_process(db, 3).await;
+    (hub.child, hub.client)
 }
 
 /// SIGKILL mid-append, restart: all acknowledged events survive and every transaction is whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_during_appends_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crash.db");
+    let db = fresh_database_url(dir.path()).await;
     let mut acked: HashSet<String> = HashSet::new();
     for round in 0..3 {
         let (mut child, client) = start(&db).await;

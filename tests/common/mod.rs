@@ -1,12 +1,21 @@
-//! Test harness: a real hub on 127.0.0.1:0 with a fresh SQLite database,
-//! and a typed client to it.
+//! Test harness: a real hub on 127.0.0.1:0 with a fresh database, and a
+//! typed client to it.
+//!
+//! The backend is SQLite unless `EVENTHUB_TEST_BACKEND=postgres`; then every
+//! hub gets a fresh database on the server named by
+//! `EVENTHUB_TEST_POSTGRES_URL` (see `scripts/with-postgres.sh`). The same
+//! tests run on both.
 #![allow(dead_code)]
 
 use eventhub::config::Config;
 use eventhub::proto::event_hub_service_client::EventHubServiceClient;
 use eventhub::proto::{self, AppendEvent, AppendResponse, Event, ReadPartitionRequest};
 use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
@@ -26,9 +35,76 @@ pub async fn spawn_hub() -> TestHub {
     spawn_hub_with(|_| {}).await
 }
 
+/// Whether the suite runs on PostgreSQL (`EVENTHUB_TEST_BACKEND=postgres`).
+pub fn on_postgres() -> bool {
+    match std::env::var("EVENTHUB_TEST_BACKEND").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("EVENTHUB_TEST_BACKEND={other:?}; use sqlite or postgres"),
+    }
+}
+
+/// The PostgreSQL server to test against, if any. Tests that need one and
+/// find none are skipped, unless `EVENTHUB_TEST_REQUIRE_POSTGRES` is set
+/// (as `scripts/test.sh` does): then they fail.
+pub fn postgres_server() -> Option<String> {
+    match std::env::var("EVENTHUB_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("EVENTHUB_TEST_REQUIRE_POSTGRES").is_some() => panic!(
+            "EVENTHUB_TEST_POSTGRES_URL is not set; run the tests under scripts/with-postgres.sh"
+        ),
+        _ => {
+            eprintln!(
+                "skipped: no PostgreSQL server (set EVENTHUB_TEST_POSTGRES_URL or run under scripts/with-postgres.sh)"
+            );
+            None
+        }
+    }
+}
+
+/// A new, empty database on the test server; returns its URL.
+pub async fn fresh_postgres_database(server: &str) -> String {
+    use sqlx::Connection;
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "eventhub_test_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut conn = sqlx::PgConnection::connect(server)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {server}: {e}"));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // Same server and parameters, the new database as the path.
+    let (base, query) = match server.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (server, String::new()),
+    };
+    let authority_start = base.find("//").map_or(0, |i| i + 2);
+    let host = match base[authority_start..].find('/') {
+        Some(i) => &base[..authority_start + i],
+        None => base,
+    };
+    format!("{host}/{name}{query}")
+}
+
+/// A URL for a fresh database of the backend under test; SQLite files go in `dir`.
+pub async fn fresh_database_url(dir: &std::path::Path) -> String {
+    if on_postgres() {
+        let server = std::env::var("EVENTHUB_TEST_POSTGRES_URL")
+            .expect("EVENTHUB_TEST_BACKEND=postgres needs EVENTHUB_TEST_POSTGRES_URL");
+        fresh_postgres_database(&server).await
+    } else {
+        format!("sqlite://{}", dir.join("hub.db").display())
+    }
+}
+
 pub async fn spawn_hub_with(configure: impl FnOnce(&mut Config)) -> TestHub {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(format!("sqlite://{}", dir.path().join("hub.db").display()));
+    let mut config = Config::new(fresh_database_url(dir.path()).await);
     config.default_partitions = 4;
     configure(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -145,4 +221,148 @@ pub fn ev(key: &str, ty: &str, payload: &str) -> AppendEvent {
 
 pub fn partition_of(key: &str, partitions: u32) -> u32 {
     eventhub::validate::partition_for(key, partitions)
+}
+
+/// A hub running as its own process (`eventhub serve`), killed on drop.
+pub struct HubProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub client: Client,
+}
+
+/// Starts `eventhub serve` on a free port with the given database and
+/// default partition count, and connects to it.
+pub async fn spawn_process(database_url: &str, partitions: u32) -> HubProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eventhub"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--default-partitions"])
+        .arg(partitions.to_string())
+        .arg("--database")
+        .arg(database_url)
+        .env("EVENTHUB_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("eventhub listening on ")
+        .unwrap_or_else(|| panic!("expected the listening line, got {line:?}"))
+        .parse()
+        .unwrap();
+    let client = connect(addr).await;
+    HubProcess {
+        child,
+        addr,
+        client,
+    }
+}
+
+/// Appenders and followers at once: `appenders` clients each send
+/// `appends` Appends of 1–4 events to `topic` (of `partitions` partitions)
+/// while every client of `followers` follows every partition from
+/// `_first`. Checks that every follower sees every acknowledged event
+/// exactly once, in order, with no gap.
+pub async fn check_no_gap(
+    appenders: Vec<Client>,
+    appends: usize,
+    followers: Vec<Client>,
+    topic: &str,
+    partitions: u32,
+) {
+    use std::collections::HashMap;
+    use tokio_stream::StreamExt;
+    append(
+        &mut appenders[0].clone(),
+        topic,
+        vec![ev("seed", "T", "seed")],
+    )
+    .await;
+    let mut streams = Vec::new();
+    for (f, client) in followers.iter().enumerate() {
+        for p in 0..partitions {
+            let stream = client
+                .clone()
+                .read_partition(ReadPartitionRequest {
+                    topic: topic.into(),
+                    partition: p,
+                    cursor: "_first".into(),
+                    follow: true,
+                    max_events: 13,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            streams.push((f, p, stream));
+        }
+    }
+    let mut producers = Vec::new();
+    for (a, client) in appenders.into_iter().enumerate() {
+        let mut client = client;
+        let topic = topic.to_owned();
+        producers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0..appends {
+                let size = 1 + (n % 4);
+                let events = (0..size)
+                    .map(|i| {
+                        ev(
+                            &format!("key-{a}-{}", (n + i) % 7),
+                            "T",
+                            &format!("{a}/{n}/{i}"),
+                        )
+                    })
+                    .collect();
+                let resp = append(&mut client, &topic, events).await;
+                for (i, r) in resp.results.iter().enumerate() {
+                    acked.push((r.partition, r.sequence, format!("{a}/{n}/{i}")));
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked: HashMap<u32, Vec<(u64, String)>> = HashMap::new();
+    acked
+        .entry(partition_of("seed", partitions))
+        .or_default()
+        .push((1, "seed".into()));
+    for p in producers {
+        for (partition, seq, payload) in p.await.unwrap() {
+            acked.entry(partition).or_default().push((seq, payload));
+        }
+    }
+    for v in acked.values_mut() {
+        v.sort();
+    }
+    for (f, p, stream) in streams.iter_mut() {
+        let expected = acked.get(p).cloned().unwrap_or_default();
+        let mut seen: Vec<(u64, String)> = Vec::new();
+        while seen.len() < expected.len() {
+            let page = tokio::time::timeout(std::time::Duration::from_secs(30), stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("follower {f} of partition {p} stalled"))
+                .unwrap()
+                .unwrap();
+            seen.extend(
+                page.events
+                    .into_iter()
+                    .map(|e| (e.sequence, String::from_utf8(e.payload).unwrap())),
+            );
+        }
+        let seqs: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            seqs,
+            (1..=expected.len() as u64).collect::<Vec<_>>(),
+            "follower {f}, partition {p}: in order, no gap, no repeat"
+        );
+        assert_eq!(
+            seen, expected,
+            "follower {f}, partition {p}: exactly the acknowledged events"
+        );
+    }
 }

@@ -1,23 +1,34 @@
-//! The writer task: the only connection that writes.
-//!
-//! Appends are group-committed: the task takes every Append waiting in its
-//! queue (up to a bound), plans them one after another in memory against
-//! the database state plus what the earlier appends of the batch did, writes
-//! all their rows with a few multi-row statements, and commits once. A
-//! rejected append contributes nothing, so it stores nothing. Heads are
-//! published to readers only after the commit, and only then is any append
-//! acknowledged: acknowledged means durable, and sequences are assigned in
-//! commit order with no gaps.
+// The writer task of one hub process, compiled once per backend: `super`
+// is `store::sqlite` or `store::postgres`, which names the backend's sqlx
+// types (`Db`, `DbConn`) and its `dialect`.
+//
+// Appends are group-committed: the task takes every Append waiting in its
+// queue (up to a bound), plans them one after another in memory against
+// the database state plus what the earlier appends of the batch did, writes
+// all their rows with a few multi-row statements, and commits once. A
+// rejected append contributes nothing, so it stores nothing. Heads are
+// published to readers only after the commit, and only then is any append
+// acknowledged: acknowledged means durable.
+//
+// Sequence and transaction ids are assigned under a lock on the topic's row
+// (`dialect::LOCK_TOPIC`), taken before the topic's heads are read and held
+// until commit. Every writer of a topic, in this process or another one on
+// the same database, assigns ids only while holding it, so ids follow commit
+// order: a later sequence never becomes visible before an earlier one, and
+// a reader that reads up to a head it has seen never skips an event.
 
-use super::{Registry, TopicState, WriteRequest};
+use super::reads::TOPIC_SELECT;
+use super::{Db, DbConn, dialect};
 use crate::config::Config;
 use crate::error::{HubError, Result};
+use crate::store::{
+    AppendOutcome, AppendReply, InvalidateReply, Registry, StoredPos, TopicRow, TopicState,
+    WriteRequest, adopt,
+};
 use crate::validate::{Content, INVALIDATION_TYPE, NewEvent, TopicName, partition_for};
-use sqlx::sqlite::{Sqlite, SqliteConnection};
-use sqlx::{Connection, QueryBuilder, Row};
+use sqlx::{Pool, QueryBuilder, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most appends and events group-committed in one transaction.
@@ -26,53 +37,26 @@ const MAX_BATCH_EVENTS: usize = 20_000;
 /// Rows per multi-row statement (SQLite allows 32,766 bound values).
 const CHUNK: usize = 1000;
 
-/// Where a stored event is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredPos {
-    pub partition: u32,
-    pub sequence: u64,
-    pub key_version: u64,
-    pub transaction_id: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppendOutcome {
-    Stored,
-    DuplicateEventId,
-    DuplicateContent,
-}
-
-#[derive(Debug)]
-pub struct AppendReply {
-    pub transaction_id: u64,
-    pub results: Vec<(StoredPos, AppendOutcome)>,
-}
-
-#[derive(Debug)]
-pub struct InvalidateReply {
-    pub marker_transaction_id: u64,
-    pub markers: Vec<StoredPos>,
-    pub already_invalidated: bool,
-}
-
-pub(super) fn spawn(
-    conn: SqliteConnection,
+/// The writer task: runs until every sender of `rx` is gone. `pool` is the
+/// writer's own; one connection is enough, since the task writes one
+/// transaction at a time.
+pub(crate) async fn run(
+    pool: Pool<Db>,
     rx: mpsc::Receiver<WriteRequest>,
     topics: Registry,
     config: Config,
 ) {
-    tokio::spawn(
-        Writer {
-            conn,
-            topics,
-            config,
-        }
-        .run(rx),
-    );
+    Writer {
+        pool,
+        topics,
+        config,
+    }
+    .run(rx)
+    .await
 }
 
 struct Writer {
-    conn: SqliteConnection,
+    pool: Pool<Db>,
     topics: Registry,
     config: Config,
 }
@@ -115,8 +99,10 @@ struct PendingEvent {
 /// One topic's state during a batch: what the database holds plus what the
 /// batch's accepted appends did.
 struct TopicDraft {
-    /// `None` for a topic that this batch creates.
-    id: Option<i64>,
+    id: i64,
+    /// Whether this transaction inserted the topic (an auto-created topic
+    /// whose appends were all rejected is removed again before commit).
+    created: bool,
     name: String,
     partition_count: u32,
     created_at_ms: i64,
@@ -133,31 +119,29 @@ struct TopicDraft {
 }
 
 impl TopicDraft {
-    fn from_state(t: &TopicState) -> Self {
-        Self::new(
-            Some(t.id),
-            t.name.clone(),
-            t.partition_count,
-            t.created_at_ms,
-            t.last_transaction(),
-            (0..t.partition_count).map(|p| t.head(p)).collect(),
-        )
-    }
-
-    fn new(
-        id: Option<i64>,
-        name: String,
-        partition_count: u32,
-        created_at_ms: i64,
-        last_txn: u64,
-        heads: Vec<u64>,
-    ) -> Self {
-        TopicDraft {
-            id,
-            name,
-            partition_count,
-            created_at_ms,
-            last_txn,
+    /// Locks the topic's row until the end of `conn`'s transaction and
+    /// starts a draft from its stored last transaction and heads.
+    async fn lock(conn: &mut DbConn, meta: &TopicMeta, created: bool) -> Result<Self> {
+        let (last_txn,): (i64,) = sqlx::query_as(dialect::LOCK_TOPIC)
+            .bind(meta.id)
+            .fetch_one(&mut *conn)
+            .await?;
+        let rows: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT partition, head_sequence FROM partitions WHERE topic_id = $1")
+                .bind(meta.id)
+                .fetch_all(&mut *conn)
+                .await?;
+        let mut heads = vec![0u64; meta.partition_count as usize];
+        for (p, h) in rows {
+            heads[p as usize] = h as u64;
+        }
+        Ok(TopicDraft {
+            id: meta.id,
+            created,
+            name: meta.name.clone(),
+            partition_count: meta.partition_count,
+            created_at_ms: meta.created_at_ms,
+            last_txn: last_txn as u64,
             heads,
             dirty_heads: BTreeSet::new(),
             keys: HashMap::new(),
@@ -165,7 +149,7 @@ impl TopicDraft {
             contents: HashMap::new(),
             rows: Vec::new(),
             row_index: HashMap::new(),
-        }
+        })
     }
 
     fn content_of(&self, partition: u32, sequence: u64) -> Option<(&Content, u64, u64)> {
@@ -302,8 +286,11 @@ impl TopicDraft {
 
     /// Loads what planning `reqs` needs to know from the database: key
     /// states, stored event ids and (for dedup) latest valid contents.
-    async fn prefetch(&mut self, conn: &mut SqliteConnection, reqs: &[&AppendReq]) -> Result<()> {
-        let Some(id) = self.id else { return Ok(()) };
+    async fn prefetch(&mut self, conn: &mut DbConn, reqs: &[&AppendReq]) -> Result<()> {
+        if self.created {
+            return Ok(());
+        }
+        let id = self.id;
         let mut want_keys: BTreeSet<&str> = BTreeSet::new();
         let mut want_ids: BTreeSet<&str> = BTreeSet::new();
         let mut dedup_keys: BTreeSet<&str> = BTreeSet::new();
@@ -384,7 +371,7 @@ impl TopicDraft {
             })
             .collect();
         for chunk in lives.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
+            let mut qb = QueryBuilder::<Db>::new(
                 "SELECT partition, sequence, key_version, transaction_id, event_type, content_type, headers, payload, tombstone \
                  FROM events WHERE topic_id = ",
             );
@@ -420,21 +407,13 @@ impl TopicDraft {
     }
 
     /// Writes the draft's rows and state in the open transaction.
-    async fn flush(&mut self, conn: &mut SqliteConnection, now_ms: i64) -> Result<()> {
+    async fn flush(&mut self, conn: &mut DbConn, now_ms: i64) -> Result<()> {
         if self.rows.is_empty() && self.dirty_heads.is_empty() {
             return Ok(());
         }
-        let id = match self.id {
-            Some(id) => id,
-            None => {
-                let id = insert_topic(conn, &self.name, self.partition_count, self.created_at_ms)
-                    .await?;
-                self.id = Some(id);
-                id
-            }
-        };
+        let id = self.id;
         for chunk in self.rows.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
+            let mut qb = QueryBuilder::<Db>::new(
                 "INSERT INTO events (topic_id, partition, sequence, transaction_id, key, key_version, event_id, \
                  event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates) ",
             );
@@ -462,7 +441,7 @@ impl TopicDraft {
             .filter(|(_, s)| s.changed.is_some())
             .collect();
         for chunk in changed.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
+            let mut qb = QueryBuilder::<Db>::new(
                 "INSERT INTO keys (topic_id, key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id) ",
             );
             qb.push_values(chunk, |mut b, (k, s)| {
@@ -486,56 +465,121 @@ impl TopicDraft {
             .iter()
             .map(|&p| (p, self.heads[p as usize]))
             .collect();
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO partitions (topic_id, partition, head_sequence) ",
-        );
+        let mut qb =
+            QueryBuilder::<Db>::new("INSERT INTO partitions (topic_id, partition, head_sequence) ");
         qb.push_values(&heads, |mut b, (p, h)| {
             b.push_bind(id).push_bind(*p as i64).push_bind(*h as i64);
         });
         qb.push(" ON CONFLICT (topic_id, partition) DO UPDATE SET head_sequence = excluded.head_sequence");
         qb.build().execute(&mut *conn).await?;
-        sqlx::query("UPDATE topics SET last_transaction_id = ? WHERE topic_id = ?")
+        sqlx::query("UPDATE topics SET last_transaction_id = $1 WHERE topic_id = $2")
             .bind(self.last_txn as i64)
             .bind(id)
             .execute(&mut *conn)
             .await?;
+        if let Some(notify) = dialect::NOTIFY_HEADS {
+            // Delivered to every hub process on commit, in commit order.
+            for payload in heads_payloads(&self.name, self.last_txn, &heads) {
+                sqlx::query(notify)
+                    .bind(payload)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
         Ok(())
     }
 
     /// After commit: makes the draft's effects visible to readers.
-    fn publish(&self, topics: &Registry, existing: Option<&Arc<TopicState>>) -> Arc<TopicState> {
-        let state = match existing {
-            Some(t) => t.clone(),
-            None => {
-                let t = Arc::new(TopicState::new(
-                    self.id.expect("flushed"),
-                    self.name.clone(),
-                    self.partition_count,
-                    self.created_at_ms,
-                    0,
-                ));
-                topics.write().unwrap().insert(self.name.clone(), t.clone());
-                t
-            }
-        };
-        state
-            .last_transaction_id
-            .store(self.last_txn, Ordering::Release);
-        for &p in &self.dirty_heads {
-            state.heads[p as usize].send_replace(self.heads[p as usize]);
-        }
-        state
+    fn publish(&self, topics: &Registry) -> Arc<TopicState> {
+        adopt(
+            topics,
+            &TopicRow {
+                id: self.id,
+                name: self.name.clone(),
+                partition_count: self.partition_count,
+                created_at_ms: self.created_at_ms,
+                last_transaction_id: self.last_txn,
+                heads: self
+                    .dirty_heads
+                    .iter()
+                    .map(|&p| (p, self.heads[p as usize]))
+                    .collect(),
+            },
+        )
     }
 }
 
-/// `<select> WHERE topic_id = <id> AND <column> IN (<values>)`.
-fn select_in<'a>(
-    select: &str,
+/// Notification payloads announcing new heads: `<topic> <last transaction>
+/// <partition>:<head> ...`, split to stay far below PostgreSQL's 8,000-byte
+/// payload limit.
+fn heads_payloads(topic: &str, last_txn: u64, heads: &[(u32, u64)]) -> Vec<String> {
+    heads
+        .chunks(200)
+        .map(|chunk| {
+            let mut s = format!("{topic} {last_txn}");
+            for (p, h) in chunk {
+                s.push_str(&format!(" {p}:{h}"));
+            }
+            s
+        })
+        .collect()
+}
+
+/// What the writer needs to know of a stored topic before locking it.
+struct TopicMeta {
     id: i64,
-    column: &str,
-    values: &[&'a str],
-) -> QueryBuilder<'a, Sqlite> {
-    let mut qb = QueryBuilder::<Sqlite>::new(select);
+    name: String,
+    partition_count: u32,
+    created_at_ms: i64,
+}
+
+impl From<&TopicState> for TopicMeta {
+    fn from(t: &TopicState) -> Self {
+        TopicMeta {
+            id: t.id,
+            name: t.name.clone(),
+            partition_count: t.partition_count,
+            created_at_ms: t.created_at_ms,
+        }
+    }
+}
+
+/// The stored topic named `name`: from the registry, else from the database
+/// (another hub process may have created it).
+async fn find_topic(conn: &mut DbConn, topics: &Registry, name: &str) -> Result<Option<TopicMeta>> {
+    if let Some(t) = topics.read().unwrap().get(name) {
+        return Ok(Some(TopicMeta::from(&**t)));
+    }
+    let row: Option<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT topic_id, partition_count, created_at_ms FROM topics WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|(id, count, created)| TopicMeta {
+        id,
+        name: name.to_owned(),
+        partition_count: count as u32,
+        created_at_ms: created,
+    }))
+}
+
+/// The stored topic with its heads, as the registry wants it.
+async fn topic_row(conn: &mut DbConn, id: i64) -> Result<TopicRow> {
+    let rows = sqlx::query(&format!(
+        "{TOPIC_SELECT} WHERE t.topic_id = $1 ORDER BY p.partition"
+    ))
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    super::reads::topic_rows(&rows)?
+        .pop()
+        .ok_or_else(|| HubError::Unavailable("a topic disappeared while it was read; retry".into()))
+}
+
+/// `<select> WHERE topic_id = <id> AND <column> IN (<values>)`.
+fn select_in<'a>(select: &str, id: i64, column: &str, values: &[&'a str]) -> QueryBuilder<'a, Db> {
+    let mut qb = QueryBuilder::<Db>::new(select);
     qb.push(" WHERE topic_id = ")
         .push_bind(id)
         .push(format!(" AND {column} IN ("));
@@ -547,28 +591,45 @@ fn select_in<'a>(
     qb
 }
 
+/// Inserts a topic and its partitions, unless a topic of that name exists
+/// (then `None`; on PostgreSQL this waits for a concurrent creator's commit).
 async fn insert_topic(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConn,
     name: &str,
     partitions: u32,
     created_at_ms: i64,
-) -> Result<i64> {
-    let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO topics (name, partition_count, created_at_ms, last_transaction_id) VALUES (?, ?, ?, 0) RETURNING topic_id",
+) -> Result<Option<i64>> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO topics (name, partition_count, created_at_ms, last_transaction_id) VALUES ($1, $2, $3, 0) \
+         ON CONFLICT (name) DO NOTHING RETURNING topic_id",
     )
     .bind(name)
     .bind(partitions as i64)
     .bind(created_at_ms)
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
+    let Some((id,)) = row else { return Ok(None) };
     let parts: Vec<i64> = (0..partitions as i64).collect();
     let mut qb =
-        QueryBuilder::<Sqlite>::new("INSERT INTO partitions (topic_id, partition, head_sequence) ");
+        QueryBuilder::<Db>::new("INSERT INTO partitions (topic_id, partition, head_sequence) ");
     qb.push_values(&parts, |mut b, p| {
         b.push_bind(id).push_bind(*p).push_bind(0i64);
     });
     qb.build().execute(&mut *conn).await?;
-    Ok(id)
+    Ok(Some(id))
+}
+
+/// Deletes a topic inserted earlier in the same transaction.
+async fn remove_topic(conn: &mut DbConn, id: i64) -> Result<()> {
+    sqlx::query("DELETE FROM partitions WHERE topic_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM topics WHERE topic_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -655,7 +716,7 @@ impl Writer {
                     let _ = req.reply.send(r);
                 }
             }
-            Err(e) if batch.len() > 1 => {
+            Err(e) if batch.len() > 1 && !e.is_unavailable() => {
                 // Do not let one bad append fail its neighbours: retry alone.
                 tracing::warn!(error = %e, appends = batch.len(), "group commit failed; retrying appends one by one");
                 for req in batch {
@@ -668,9 +729,7 @@ impl Writer {
             }
             Err(e) => {
                 for req in batch {
-                    let _ = req.reply.send(Err(HubError::Unavailable(format!(
-                        "the append was not stored: {e}"
-                    ))));
+                    let _ = req.reply.send(Err(HubError::not_stored(&e)));
                 }
             }
         }
@@ -680,25 +739,34 @@ impl Writer {
     /// committed; inner errors are per-append rejections.
     async fn try_append_batch(&mut self, batch: &[AppendReq]) -> Result<Vec<Result<AppendReply>>> {
         let now = now_ms();
-        let mut drafts: HashMap<&str, (TopicDraft, Option<Arc<TopicState>>)> = HashMap::new();
-        let mut tx = self.conn.begin().await?;
-        for req in batch {
-            let name = req.topic.as_str();
-            if drafts.contains_key(name) {
-                continue;
-            }
-            let existing = self.topics.read().unwrap().get(name).cloned();
-            let draft = match &existing {
-                Some(t) => TopicDraft::from_state(t),
-                None if self.config.auto_create_topics => {
-                    let n = self.config.default_partitions;
-                    TopicDraft::new(None, name.to_owned(), n, now, 0, vec![0; n as usize])
+        let mut tx = self.pool.begin().await?;
+        // Topics are locked in name order, so that two hub processes
+        // appending to the same topics cannot deadlock.
+        let names: BTreeSet<&str> = batch.iter().map(|r| r.topic.as_str()).collect();
+        let mut drafts: HashMap<&str, TopicDraft> = HashMap::new();
+        for name in names {
+            let mut meta = find_topic(&mut tx, &self.topics, name).await?;
+            let mut created = false;
+            if meta.is_none() && self.config.auto_create_topics {
+                let n = self.config.default_partitions;
+                if let Some(id) = insert_topic(&mut tx, name, n, now).await? {
+                    created = true;
+                    meta = Some(TopicMeta {
+                        id,
+                        name: name.to_owned(),
+                        partition_count: n,
+                        created_at_ms: now,
+                    });
+                } else {
+                    // Created meanwhile by another hub process.
+                    meta = find_topic(&mut tx, &self.topics, name).await?;
                 }
-                None => continue,
-            };
-            drafts.insert(name, (draft, existing));
+            }
+            if let Some(meta) = meta {
+                drafts.insert(name, TopicDraft::lock(&mut tx, &meta, created).await?);
+            }
         }
-        for (name, (draft, _)) in drafts.iter_mut() {
+        for (name, draft) in drafts.iter_mut() {
             let reqs: Vec<&AppendReq> =
                 batch.iter().filter(|r| r.topic.as_str() == *name).collect();
             draft.prefetch(&mut tx, &reqs).await?;
@@ -706,7 +774,7 @@ impl Writer {
         let mut replies = Vec::with_capacity(batch.len());
         for req in batch {
             let r = match drafts.get_mut(req.topic.as_str()) {
-                Some((draft, _)) => draft.plan_append(&req.events, req.dedup_by_content),
+                Some(draft) => draft.plan_append(&req.events, req.dedup_by_content),
                 None => Err(HubError::NotFound(format!(
                     "topic {:?} does not exist and this hub does not create topics on append; create it with CreateTopic",
                     req.topic.as_str()
@@ -714,13 +782,18 @@ impl Writer {
             };
             replies.push(r);
         }
-        for (draft, _) in drafts.values_mut() {
-            draft.flush(&mut tx, now).await?;
+        for draft in drafts.values_mut() {
+            if draft.created && draft.rows.is_empty() {
+                // Every append to the new topic was rejected: it changes nothing.
+                remove_topic(&mut tx, draft.id).await?;
+            } else {
+                draft.flush(&mut tx, now).await?;
+            }
         }
         tx.commit().await?;
-        for (draft, existing) in drafts.values() {
+        for draft in drafts.values() {
             if !draft.rows.is_empty() {
-                draft.publish(&self.topics, existing.as_ref());
+                draft.publish(&self.topics);
             }
         }
         Ok(replies)
@@ -731,32 +804,34 @@ impl Writer {
         topic: &TopicName,
         partitions: u32,
     ) -> Result<(Arc<TopicState>, bool)> {
-        if let Some(t) = self.topics.read().unwrap().get(topic.as_str()).cloned() {
-            if t.partition_count == partitions {
-                return Ok((t, false));
+        let mut tx = self.pool.begin().await?;
+        let name = topic.as_str();
+        let created = match find_topic(&mut tx, &self.topics, name).await? {
+            Some(_) => None,
+            None => insert_topic(&mut tx, name, partitions, now_ms()).await?,
+        };
+        let id = match created {
+            Some(id) => id,
+            None => {
+                let meta = find_topic(&mut tx, &self.topics, name)
+                    .await?
+                    .ok_or_else(|| {
+                        HubError::Unavailable(format!(
+                            "topic {name:?} was removed while it was created; retry"
+                        ))
+                    })?;
+                if meta.partition_count != partitions {
+                    return Err(HubError::AlreadyExists(format!(
+                        "topic {name:?} already exists with {} partitions (asked for {partitions}); the partition count cannot change",
+                        meta.partition_count
+                    )));
+                }
+                meta.id
             }
-            return Err(HubError::AlreadyExists(format!(
-                "topic {:?} already exists with {} partitions (asked for {partitions}); the partition count cannot change",
-                topic.as_str(),
-                t.partition_count
-            )));
-        }
-        let now = now_ms();
-        let mut tx = self.conn.begin().await?;
-        let id = insert_topic(&mut tx, topic.as_str(), partitions, now).await?;
+        };
+        let row = topic_row(&mut tx, id).await?;
         tx.commit().await?;
-        let t = Arc::new(TopicState::new(
-            id,
-            topic.as_str().to_owned(),
-            partitions,
-            now,
-            0,
-        ));
-        self.topics
-            .write()
-            .unwrap()
-            .insert(topic.as_str().to_owned(), t.clone());
-        Ok((t, true))
+        Ok((adopt(&self.topics, &row), created.is_some()))
     }
 
     async fn invalidate(
@@ -765,10 +840,12 @@ impl Writer {
         transaction: u64,
         reason: &str,
     ) -> Result<InvalidateReply> {
-        let Some(state) = self.topics.read().unwrap().get(topic.as_str()).cloned() else {
+        let mut tx = self.pool.begin().await?;
+        let Some(state) = find_topic(&mut tx, &self.topics, topic.as_str()).await? else {
             return Err(HubError::topic_not_found(topic.as_str()));
         };
-        let last = state.last_transaction();
+        let mut draft = TopicDraft::lock(&mut tx, &state, false).await?;
+        let last = draft.last_txn;
         let not_found = || {
             HubError::NotFound(format!(
                 "transaction {transaction} does not exist in topic {:?} (its transactions are 1 to {last})",
@@ -778,11 +855,10 @@ impl Writer {
         if transaction == 0 || transaction > last {
             return Err(not_found());
         }
-        let mut tx = self.conn.begin().await?;
         let partitions: Vec<String> = (0..state.partition_count).map(|p| p.to_string()).collect();
         let in_partitions = partitions.join(",");
         let prior: Option<(i64,)> = sqlx::query_as(
-            "SELECT marker_transaction_id FROM invalidations WHERE topic_id = ? AND transaction_id = ?",
+            "SELECT marker_transaction_id FROM invalidations WHERE topic_id = $1 AND transaction_id = $2",
         )
         .bind(state.id)
         .bind(transaction as i64)
@@ -790,8 +866,8 @@ impl Writer {
         .await?;
         if let Some((marker,)) = prior {
             let rows = sqlx::query(&format!(
-                "SELECT partition, sequence FROM events WHERE topic_id = ? AND partition IN ({in_partitions}) \
-                 AND transaction_id = ? ORDER BY partition"
+                "SELECT partition, sequence FROM events WHERE topic_id = $1 AND partition IN ({in_partitions}) \
+                 AND transaction_id = $2 ORDER BY partition"
             ))
             .bind(state.id)
             .bind(marker)
@@ -815,8 +891,8 @@ impl Writer {
             });
         }
         let rows = sqlx::query(&format!(
-            "SELECT partition, key, invalidates FROM events WHERE topic_id = ? AND partition IN ({in_partitions}) \
-             AND transaction_id = ?"
+            "SELECT partition, key, invalidates FROM events WHERE topic_id = $1 AND partition IN ({in_partitions}) \
+             AND transaction_id = $2"
         ))
         .bind(state.id)
         .bind(transaction as i64)
@@ -839,7 +915,6 @@ impl Writer {
             }
         }
         let now = now_ms();
-        let mut draft = TopicDraft::from_state(&state);
         let marker_txn = last + 1;
         draft.last_txn = marker_txn;
         let mut markers = Vec::new();
@@ -870,7 +945,7 @@ impl Writer {
                 transaction_id: marker_txn,
             });
         }
-        sqlx::query("INSERT INTO invalidations (topic_id, transaction_id, marker_transaction_id, reason) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO invalidations (topic_id, transaction_id, marker_transaction_id, reason) VALUES ($1, $2, $3, $4)")
             .bind(state.id)
             .bind(transaction as i64)
             .bind(marker_txn as i64)
@@ -882,8 +957,8 @@ impl Writer {
         // event that is still valid.
         for key in keys {
             let live = sqlx::query(
-                "SELECT partition, sequence, tombstone FROM events e WHERE e.topic_id = ?1 AND e.key = ?2 \
-                 AND NOT EXISTS (SELECT 1 FROM invalidations i WHERE i.topic_id = ?1 AND i.transaction_id = e.transaction_id) \
+                "SELECT partition, sequence, tombstone FROM events e WHERE e.topic_id = $1 AND e.key = $2 \
+                 AND NOT EXISTS (SELECT 1 FROM invalidations i WHERE i.topic_id = $1 AND i.transaction_id = e.transaction_id) \
                  ORDER BY e.key_version DESC LIMIT 1",
             )
             .bind(state.id)
@@ -899,8 +974,8 @@ impl Writer {
                 None => (None, None, false),
             };
             sqlx::query(
-                "UPDATE keys SET live_partition = ?, live_sequence = ?, live_tombstone = ?, changed_transaction_id = ? \
-                 WHERE topic_id = ? AND key = ?",
+                "UPDATE keys SET live_partition = $1, live_sequence = $2, live_tombstone = $3, changed_transaction_id = $4 \
+                 WHERE topic_id = $5 AND key = $6",
             )
             .bind(p)
             .bind(s)
@@ -912,7 +987,7 @@ impl Writer {
             .await?;
         }
         tx.commit().await?;
-        draft.publish(&self.topics, Some(&state));
+        draft.publish(&self.topics);
         Ok(InvalidateReply {
             marker_transaction_id: marker_txn,
             markers,

@@ -1,0 +1,301 @@
+// Reads, compiled once per backend: `super` is `store::sqlite` or
+// `store::postgres`, which names the backend's sqlx types (`Db`, `DbRow`).
+// The SQL uses `$N` placeholders, which both backends accept.
+
+use super::{Db, DbRow};
+use crate::error::Result;
+use crate::store::{EventRow, Snapshot, TopicRow, TopicState};
+use crate::validate::Content;
+use sqlx::{Pool, Row};
+use std::collections::HashSet;
+
+pub(crate) const EVENT_COLUMNS: &str = "e.partition, e.sequence, e.transaction_id, e.key, e.key_version, e.event_id, \
+     e.event_type, e.content_type, e.headers, e.payload, e.tombstone, e.committed_at_ms, e.invalidates";
+
+pub(crate) fn event_from_row(row: &DbRow) -> Result<EventRow> {
+    Ok(EventRow {
+        partition: row.try_get::<i64, _>("partition")? as u32,
+        sequence: row.try_get::<i64, _>("sequence")? as u64,
+        transaction_id: row.try_get::<i64, _>("transaction_id")? as u64,
+        key: row.try_get("key")?,
+        key_version: row.try_get::<i64, _>("key_version")? as u64,
+        event_id: row.try_get("event_id")?,
+        content: Content {
+            event_type: row.try_get("event_type")?,
+            content_type: row.try_get("content_type")?,
+            headers: row.try_get("headers")?,
+            payload: row.try_get("payload")?,
+            tombstone: row.try_get("tombstone")?,
+        },
+        committed_at_ms: row.try_get("committed_at_ms")?,
+        invalidates: row
+            .try_get::<Option<i64>, _>("invalidates")?
+            .map(|t| t as u64),
+    })
+}
+
+/// Topic rows with their heads, from `SELECT` rows of `TOPIC_COLUMNS`
+/// ordered by topic, then partition.
+pub(crate) fn topic_rows(rows: &[DbRow]) -> Result<Vec<TopicRow>> {
+    let mut out: Vec<TopicRow> = Vec::new();
+    for row in rows {
+        let id: i64 = row.try_get("topic_id")?;
+        if out.last().is_none_or(|t| t.id != id) {
+            out.push(TopicRow {
+                id,
+                name: row.try_get("name")?,
+                partition_count: row.try_get::<i64, _>("partition_count")? as u32,
+                created_at_ms: row.try_get("created_at_ms")?,
+                last_transaction_id: row.try_get::<i64, _>("last_transaction_id")? as u64,
+                heads: Vec::new(),
+            });
+        }
+        let t = out.last_mut().expect("pushed above");
+        t.heads.push((
+            row.try_get::<i64, _>("partition")? as u32,
+            row.try_get::<i64, _>("head_sequence")? as u64,
+        ));
+    }
+    Ok(out)
+}
+
+/// A topic joined to its partitions, in one statement (one snapshot).
+pub(crate) const TOPIC_SELECT: &str = "SELECT t.topic_id, t.name, t.partition_count, t.created_at_ms, \
+     t.last_transaction_id, p.partition, p.head_sequence \
+     FROM topics t JOIN partitions p ON p.topic_id = t.topic_id";
+
+/// Reads on the backend's connection pool.
+#[derive(Clone)]
+pub(crate) struct Reads {
+    pub(crate) pool: Pool<Db>,
+}
+
+impl Reads {
+    /// The stored topic named `name`, with its heads.
+    pub(crate) async fn topic_row(&self, name: &str) -> Result<Option<TopicRow>> {
+        let rows = sqlx::query(&format!(
+            "{TOPIC_SELECT} WHERE t.name = $1 ORDER BY p.partition"
+        ))
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(topic_rows(&rows)?.pop())
+    }
+
+    /// Every stored topic, with its heads.
+    pub(crate) async fn all_topic_rows(&self) -> Result<Vec<TopicRow>> {
+        let rows = sqlx::query(&format!("{TOPIC_SELECT} ORDER BY t.topic_id, p.partition"))
+            .fetch_all(&self.pool)
+            .await?;
+        topic_rows(&rows)
+    }
+
+    /// Names of topics starting with `prefix` and sorting after `after`.
+    pub(crate) async fn topic_names(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT name FROM topics WHERE substr(name, 1, length($1)) = $1 AND name > $2 \
+             ORDER BY name LIMIT $3",
+        )
+        .bind(prefix)
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(n,)| n).collect())
+    }
+
+    pub(crate) async fn read_partition(
+        &self,
+        topic: &TopicState,
+        partition: u32,
+        after: u64,
+        upto: u64,
+        limit: usize,
+        types: &[String],
+    ) -> Result<Vec<EventRow>> {
+        let mut sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.topic_id = $1 AND e.partition = $2 \
+             AND e.sequence > $3 AND e.sequence <= $4"
+        );
+        if !types.is_empty() {
+            let list: Vec<String> = (0..types.len()).map(|i| format!("${}", i + 6)).collect();
+            sql.push_str(&format!(" AND e.event_type IN ({})", list.join(",")));
+        }
+        sql.push_str(" ORDER BY e.sequence LIMIT $5");
+        let mut q = sqlx::query(&sql)
+            .bind(topic.id)
+            .bind(partition as i64)
+            .bind(after as i64)
+            .bind(upto as i64)
+            .bind(limit as i64);
+        for t in types {
+            q = q.bind(t);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    pub(crate) async fn invalidated_between(
+        &self,
+        topic: &TopicState,
+        min: u64,
+        max: u64,
+    ) -> Result<HashSet<u64>> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT transaction_id FROM invalidations WHERE topic_id = $1 AND transaction_id BETWEEN $2 AND $3",
+        )
+        .bind(topic.id)
+        .bind(min as i64)
+        .bind(max as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(t,)| t as u64).collect())
+    }
+
+    pub(crate) async fn snapshot(&self, topic: &TopicState) -> Result<Snapshot> {
+        let rows = sqlx::query(&format!(
+            "{TOPIC_SELECT} WHERE t.topic_id = $1 ORDER BY p.partition"
+        ))
+        .bind(topic.id)
+        .fetch_all(&self.pool)
+        .await?;
+        let row = topic_rows(&rows)?
+            .pop()
+            .ok_or_else(|| crate::error::HubError::topic_not_found(&topic.name))?;
+        let mut heads = vec![0u64; topic.partition_count as usize];
+        for (p, h) in row.heads {
+            heads[p as usize] = h;
+        }
+        Ok(Snapshot {
+            last_transaction_id: row.last_transaction_id,
+            heads,
+        })
+    }
+
+    pub(crate) async fn head_as_of(
+        &self,
+        topic: &TopicState,
+        partition: u32,
+        transaction: u64,
+    ) -> Result<u64> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT sequence FROM events WHERE topic_id = $1 AND partition = $2 AND transaction_id <= $3 \
+             ORDER BY transaction_id DESC, sequence DESC LIMIT 1",
+        )
+        .bind(topic.id)
+        .bind(partition as i64)
+        .bind(transaction as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map_or(0, |(s,)| s as u64))
+    }
+
+    pub(crate) async fn surface_page(
+        &self,
+        topic: &TopicState,
+        as_of: u64,
+        from: &str,
+        inclusive: bool,
+        limit: usize,
+    ) -> Result<(Vec<EventRow>, Option<String>)> {
+        let sql = format!(
+            "SELECT k.key AS surface_key, k.changed_transaction_id AS changed, {EVENT_COLUMNS} \
+             FROM keys k LEFT JOIN events e ON e.topic_id = k.topic_id AND e.partition = k.live_partition \
+             AND e.sequence = k.live_sequence \
+             WHERE k.topic_id = $1 AND k.key {} $2 \
+             AND (k.changed_transaction_id > $3 OR (k.live_sequence IS NOT NULL AND NOT k.live_tombstone)) \
+             ORDER BY k.key LIMIT $4",
+            if inclusive { ">=" } else { ">" }
+        );
+        let rows = sqlx::query(&sql)
+            .bind(topic.id)
+            .bind(from)
+            .bind(as_of as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let last = if rows.len() == limit {
+            rows.last()
+                .map(|r| r.try_get::<String, _>("surface_key"))
+                .transpose()?
+        } else {
+            None
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let changed = row.try_get::<i64, _>("changed")? as u64;
+            if changed <= as_of {
+                out.push(event_from_row(row)?);
+            } else {
+                let key: String = row.try_get("surface_key")?;
+                if let Some(e) = self.key_as_of(topic, &key, as_of).await?
+                    && !e.content.tombstone
+                {
+                    out.push(e);
+                }
+            }
+        }
+        Ok((out, last))
+    }
+
+    /// The latest event of `key` committed at or before `as_of` whose
+    /// transaction was not invalidated at or before `as_of`.
+    async fn key_as_of(
+        &self,
+        topic: &TopicState,
+        key: &str,
+        as_of: u64,
+    ) -> Result<Option<EventRow>> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.topic_id = $1 AND e.key = $2 AND e.transaction_id <= $3 \
+             AND NOT EXISTS (SELECT 1 FROM invalidations i WHERE i.topic_id = $1 \
+                 AND i.transaction_id = e.transaction_id AND i.marker_transaction_id <= $3) \
+             ORDER BY e.key_version DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(topic.id)
+            .bind(key)
+            .bind(as_of as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    pub(crate) async fn key_version(&self, topic: &TopicState, key: &str) -> Result<u64> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT version FROM keys WHERE topic_id = $1 AND key = $2")
+                .bind(topic.id)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map_or(0, |(v,)| v as u64))
+    }
+
+    pub(crate) async fn read_key(
+        &self,
+        topic: &TopicState,
+        key: &str,
+        from: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRow>> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.topic_id = $1 AND e.key = $2 \
+             AND e.key_version >= $3 AND e.key_version <= $4 ORDER BY e.key_version LIMIT $5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(topic.id)
+            .bind(key)
+            .bind(from as i64)
+            .bind(upto as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+}

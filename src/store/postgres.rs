@@ -1,0 +1,177 @@
+//! The PostgreSQL backend: any number of hub processes on one database.
+//!
+//! Each process has a pool for reads, a writer task with its own connection,
+//! and a listener connection. Writers of every process assign a topic's
+//! sequences only while holding a lock on the topic's row (`SELECT ... FOR
+//! UPDATE`, held to commit), so sequences follow commit order across
+//! processes. In the same transaction the writer sends a `NOTIFY` with the
+//! new heads; PostgreSQL delivers it to every listening process when, and
+//! only when, the transaction commits, so a long-poll on one process wakes
+//! for a commit made through another without polling the database.
+//!
+//! If the listener's connection drops, notifications sent meanwhile are
+//! lost; the listener reconnects (with backoff) and then reads every
+//! topic's heads from the database once, so no reader is left waiting for
+//! a commit it missed.
+
+// The shared implementation, compiled here against PostgreSQL's types (and
+// again in the other backend's module, on purpose).
+#[allow(clippy::duplicate_mod)]
+#[path = "backend/reads.rs"]
+mod reads;
+#[allow(clippy::duplicate_mod)]
+#[path = "backend/writer.rs"]
+mod writer;
+
+pub(crate) use reads::Reads;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::store::{Registry, WriteRequest, adopt};
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+type Db = sqlx::Postgres;
+type DbConn = sqlx::PgConnection;
+type DbRow = PgRow;
+
+/// The notification channel for new heads.
+const CHANNEL: &str = "eventhub_heads";
+
+/// Where PostgreSQL's SQL differs from SQLite's.
+mod dialect {
+    /// Locks the topic's row until commit: every writer of the topic, in
+    /// any hub process, queues here before reading the heads it extends.
+    pub const LOCK_TOPIC: &str =
+        "SELECT last_transaction_id FROM topics WHERE topic_id = $1 FOR UPDATE";
+    /// Tells every hub process about new heads, on commit.
+    pub const NOTIFY_HEADS: Option<&str> = Some("SELECT pg_notify('eventhub_heads', $1)");
+}
+
+/// How long a call waits for a database connection before it fails with
+/// UNAVAILABLE (for instance while PostgreSQL is down).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects, runs migrations, starts the listener and the writer task.
+pub(crate) async fn open(
+    config: &Config,
+    rx: mpsc::Receiver<WriteRequest>,
+    topics: Registry,
+) -> Result<Reads> {
+    let options = PgConnectOptions::from_str(&config.database_url)?
+        .application_name("eventhub")
+        .log_statements(tracing::log::LevelFilter::Trace);
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options.clone())
+        .await?;
+    // Migrations take an advisory lock, so hub processes starting together
+    // run them once.
+    sqlx::migrate!("migrations/postgres").run(&pool).await?;
+    let write = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options.clone().application_name("eventhub writer"))
+        .await?;
+    let listen = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options.application_name("eventhub listener"));
+    let reads = Reads { pool };
+    let listener = listen_heads(&listen).await?;
+    let reads_for_listener = reads.clone();
+    for row in reads.all_topic_rows().await? {
+        adopt(&topics, &row);
+    }
+    // The writer runs until the store is dropped; the listener stops with it.
+    let (stopped_tx, stopped) = oneshot::channel::<()>();
+    let writer = writer::run(write, rx, topics.clone(), config.clone());
+    tokio::spawn(async move {
+        writer.await;
+        drop(stopped_tx);
+    });
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = follow_heads(listener, listen, reads_for_listener, topics) => {}
+            _ = stopped => {}
+        }
+    });
+    Ok(reads)
+}
+
+async fn listen_heads(pool: &PgPool) -> Result<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    // Report a lost connection at once instead of reconnecting silently:
+    // notifications may have been missed, so heads must be read again.
+    listener.eager_reconnect(false);
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Applies every head notification to the registry, for as long as the
+/// hub runs; on connection loss, reconnects and resynchronises.
+async fn follow_heads(listener: PgListener, pool: PgPool, reads: Reads, topics: Registry) {
+    let mut listener = Some(listener);
+    loop {
+        let Some(l) = listener.as_mut() else {
+            listener = Some(reconnect(&pool).await);
+            match reads.all_topic_rows().await {
+                Ok(rows) => {
+                    for row in rows {
+                        adopt(&topics, &row);
+                    }
+                    tracing::info!("listening for new heads again");
+                }
+                // The database answered the listener a moment ago; should
+                // it fail now, each topic's next notification still brings
+                // its heads.
+                Err(e) => tracing::warn!(error = %e, "could not resynchronise heads"),
+            }
+            continue;
+        };
+        match l.try_recv().await {
+            Ok(Some(n)) => apply(&topics, n.payload()),
+            Ok(None) | Err(_) => {
+                tracing::warn!("lost the connection that listens for new heads; reconnecting");
+                listener = None;
+            }
+        }
+    }
+}
+
+/// A listening connection, retried with backoff until the database answers.
+async fn reconnect(pool: &PgPool) -> PgListener {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match listen_heads(pool).await {
+            Ok(l) => return l,
+            Err(e) => {
+                tracing::debug!(error = %e, "listener reconnect failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Applies a payload `<topic> <last transaction> <partition>:<head> ...`.
+fn apply(topics: &Registry, payload: &str) {
+    let mut parts = payload.split(' ');
+    let (Some(name), Some(Ok(last))) = (parts.next(), parts.next().map(str::parse::<u64>)) else {
+        tracing::warn!(payload, "ignoring a malformed heads notification");
+        return;
+    };
+    // A topic this process has not loaded yet reads its heads when it is.
+    let Some(state) = topics.read().unwrap().get(name).cloned() else {
+        return;
+    };
+    let heads = parts.filter_map(|ph| {
+        let (p, h) = ph.split_once(':')?;
+        Some((p.parse().ok()?, h.parse().ok()?))
+    });
+    state.advance(last, heads);
+}
