@@ -36,7 +36,7 @@ impl Default for Limits {
 /// Everything `run` needs besides the listener.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `sqlite://path` (created if missing).
+    /// `sqlite://path` (created if missing) or `postgres://user:password@host:port/database`.
     pub database_url: String,
     /// Partition count of topics created by Append.
     pub default_partitions: u32,

@@ -11,7 +11,9 @@
 //! - [`error`]: [`error::HubError`], the one error type, and its mapping to gRPC statuses.
 //! - [`validate`]: checks at the edge (topic names, events, keys) and the partition hash.
 //! - [`cursor`]: encoding and checking cursors.
-//! - [`store`]: SQLite storage: topic registry, reads, and the group-committing writer task.
+//! - [`store`]: storage: topic registry, reads, and the group-committing writer task,
+//!   written once in `store/backend/` and compiled for SQLite (`store/sqlite.rs`)
+//!   and PostgreSQL (`store/postgres.rs`, with LISTEN/NOTIFY between hub processes).
 //! - [`service`]: the gRPC handlers of `EventHubService`.
 //! - [`server`]: [`server::run`] wires store, service, health and reflection onto a listener.
 //! - `main.rs`: the `eventhub` command line (`eventhub serve`).

@@ -28,7 +28,8 @@ struct ServeArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "EVENTHUB_LISTEN", default_value = "127.0.0.1:50051")]
     listen: String,
-    /// Database URL: sqlite://PATH (created if missing).
+    /// Database URL: sqlite://PATH (created if missing) or
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (tables created on start-up).
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://eventhub.db")]
     database: String,
     /// Partition count of topics created by Append or by CreateTopic without a count.
