@@ -7,7 +7,7 @@ use crate::service::Hub;
 use crate::store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 /// Serves the hub on `listener` until `shutdown` resolves; then open streams
 /// end cleanly and in-flight calls finish before this returns.
@@ -45,11 +45,15 @@ pub async fn run(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            let _ = stop_tx.send(true);
-        })
+        // No Nagle: a response must not wait for the client's delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                let _ = stop_tx.send(true);
+            },
+        )
         .await?;
     Ok(())
 }
