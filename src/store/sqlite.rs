@@ -55,6 +55,7 @@ pub(crate) async fn open(
         .synchronous(sync)
         .busy_timeout(Duration::from_secs(10))
         .pragma("cache_size", "-65536")
+        .pragma("temp_store", "memory")
         .log_statements(tracing::log::LevelFilter::Trace);
     let write = SqlitePoolOptions::new()
         .max_connections(1)
