@@ -33,6 +33,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use writer::{KeyState, PendingEvent};
 
 type Db = sqlx::Postgres;
 type DbConn = sqlx::PgConnection;
@@ -174,4 +175,73 @@ fn apply(topics: &Registry, payload: &str) {
         Some((p.parse().ok()?, h.parse().ok()?))
     });
     state.advance(last, heads);
+}
+
+/// Inserts events with one statement of a fixed text: each column is bound
+/// as an array and `UNNEST`ed, so the statement is prepared once and a
+/// batch of any size binds 14 values, not 14 per row.
+async fn insert_events(
+    conn: &mut DbConn,
+    topic_id: i64,
+    rows: &[PendingEvent],
+    now_ms: i64,
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ints = |f: fn(&PendingEvent) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+    sqlx::query(
+        "INSERT INTO events (topic_id, partition, sequence, transaction_id, key, key_version, event_id, \
+         event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates) \
+         SELECT $1, u.p, u.s, u.t, u.k, u.kv, u.eid, u.et, u.ct, u.h, u.pl, u.tb, $2, u.inv \
+         FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], \
+             $9::text[], $10::text[], $11::bytea[], $12::bytea[], $13::boolean[], $14::bigint[]) \
+         AS u(p, s, t, k, kv, eid, et, ct, h, pl, tb, inv)",
+    )
+    .bind(topic_id)
+    .bind(now_ms)
+    .bind(ints(|r| r.partition as i64))
+    .bind(ints(|r| r.sequence as i64))
+    .bind(ints(|r| r.transaction_id as i64))
+    .bind(rows.iter().map(|r| r.key.as_deref()).collect::<Vec<_>>())
+    .bind(ints(|r| r.key_version as i64))
+    .bind(rows.iter().map(|r| r.event_id.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.content.event_type.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.content.content_type.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.content.headers.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.content.payload.as_slice()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.content.tombstone).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.invalidates.map(|t| t as i64)).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes keys' new states with one `UNNEST` upsert.
+async fn upsert_keys(
+    conn: &mut DbConn,
+    topic_id: i64,
+    keys: &[(&String, &KeyState)],
+) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO keys (topic_id, key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id) \
+         SELECT $1, u.* FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::boolean[], $7::bigint[]) \
+         AS u(key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id) \
+         ON CONFLICT (topic_id, key) DO UPDATE SET version = excluded.version, \
+         live_partition = excluded.live_partition, live_sequence = excluded.live_sequence, \
+         live_tombstone = excluded.live_tombstone, changed_transaction_id = excluded.changed_transaction_id",
+    )
+    .bind(topic_id)
+    .bind(keys.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|(_, s)| s.version as i64).collect::<Vec<_>>())
+    .bind(keys.iter().map(|(_, s)| s.live.map(|l| l.partition as i64)).collect::<Vec<_>>())
+    .bind(keys.iter().map(|(_, s)| s.live.map(|l| l.sequence as i64)).collect::<Vec<_>>())
+    .bind(keys.iter().map(|(_, s)| s.live.is_some_and(|l| l.tombstone)).collect::<Vec<_>>())
+    .bind(keys.iter().map(|(_, s)| s.changed.map_or(0, |t| t as i64)).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

@@ -18,12 +18,14 @@ use crate::config::{Config, SqliteSync};
 use crate::error::Result;
 use crate::store::{Registry, WriteRequest, adopt};
 use sqlx::ConnectOptions;
+use sqlx::QueryBuilder;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use writer::{KeyState, PendingEvent};
 
 type Db = sqlx::Sqlite;
 type DbConn = sqlx::SqliteConnection;
@@ -75,3 +77,68 @@ pub(crate) async fn open(
     tokio::spawn(writer::run(write, rx, topics, config.clone()));
     Ok(reads)
 }
+
+/// Rows per multi-row statement (SQLite allows 32,766 bound values).
+const CHUNK: usize = 1000;
+
+/// Inserts events with multi-row `INSERT ... VALUES`.
+async fn insert_events(
+    conn: &mut DbConn,
+    topic_id: i64,
+    rows: &[PendingEvent],
+    now_ms: i64,
+) -> Result<()> {
+    for chunk in rows.chunks(CHUNK) {
+        let mut qb = QueryBuilder::<Db>::new(
+            "INSERT INTO events (topic_id, partition, sequence, transaction_id, key, key_version, event_id, \
+             event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates) ",
+        );
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(topic_id)
+                .push_bind(r.partition as i64)
+                .push_bind(r.sequence as i64)
+                .push_bind(r.transaction_id as i64)
+                .push_bind(r.key.as_deref())
+                .push_bind(r.key_version as i64)
+                .push_bind(r.event_id.as_deref())
+                .push_bind(r.content.event_type.as_str())
+                .push_bind(r.content.content_type.as_str())
+                .push_bind(r.content.headers.as_deref())
+                .push_bind(r.content.payload.as_slice())
+                .push_bind(r.content.tombstone)
+                .push_bind(now_ms)
+                .push_bind(r.invalidates.map(|t| t as i64));
+        });
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Writes keys' new states with multi-row upserts.
+async fn upsert_keys(
+    conn: &mut DbConn,
+    topic_id: i64,
+    keys: &[(&String, &KeyState)],
+) -> Result<()> {
+    for chunk in keys.chunks(CHUNK) {
+        let mut qb = QueryBuilder::<Db>::new(
+            "INSERT INTO keys (topic_id, key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id) ",
+        );
+        qb.push_values(chunk, |mut b, (k, s)| {
+            b.push_bind(topic_id)
+                .push_bind(k.as_str())
+                .push_bind(s.version as i64)
+                .push_bind(s.live.map(|l| l.partition as i64))
+                .push_bind(s.live.map(|l| l.sequence as i64))
+                .push_bind(s.live.is_some_and(|l| l.tombstone))
+                .push_bind(s.changed.map(|t| t as i64));
+        });
+        qb.push(UPSERT_KEYS_TAIL);
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+const UPSERT_KEYS_TAIL: &str = " ON CONFLICT (topic_id, key) DO UPDATE SET version = excluded.version, \
+     live_partition = excluded.live_partition, live_sequence = excluded.live_sequence, \
+     live_tombstone = excluded.live_tombstone, changed_transaction_id = excluded.changed_transaction_id";

@@ -70,30 +70,30 @@ struct AppendReq {
 
 /// The latest valid event of a key.
 #[derive(Debug, Clone, Copy)]
-struct Live {
-    partition: u32,
-    sequence: u64,
-    tombstone: bool,
+pub(super) struct Live {
+    pub(super) partition: u32,
+    pub(super) sequence: u64,
+    pub(super) tombstone: bool,
 }
 
 #[derive(Debug, Clone, Default)]
-struct KeyState {
-    version: u64,
-    live: Option<Live>,
+pub(super) struct KeyState {
+    pub(super) version: u64,
+    pub(super) live: Option<Live>,
     /// The transaction of this batch that changed the key, if any.
-    changed: Option<u64>,
+    pub(super) changed: Option<u64>,
 }
 
 /// An event row waiting to be inserted.
-struct PendingEvent {
-    partition: u32,
-    sequence: u64,
-    transaction_id: u64,
-    key: Option<String>,
-    key_version: u64,
-    event_id: Option<String>,
-    content: Content,
-    invalidates: Option<u64>,
+pub(super) struct PendingEvent {
+    pub(super) partition: u32,
+    pub(super) sequence: u64,
+    pub(super) transaction_id: u64,
+    pub(super) key: Option<String>,
+    pub(super) key_version: u64,
+    pub(super) event_id: Option<String>,
+    pub(super) content: Content,
+    pub(super) invalidates: Option<u64>,
 }
 
 /// One topic's state during a batch: what the database holds plus what the
@@ -412,54 +412,13 @@ impl TopicDraft {
             return Ok(());
         }
         let id = self.id;
-        for chunk in self.rows.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<Db>::new(
-                "INSERT INTO events (topic_id, partition, sequence, transaction_id, key, key_version, event_id, \
-                 event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates) ",
-            );
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(id)
-                    .push_bind(r.partition as i64)
-                    .push_bind(r.sequence as i64)
-                    .push_bind(r.transaction_id as i64)
-                    .push_bind(r.key.as_deref())
-                    .push_bind(r.key_version as i64)
-                    .push_bind(r.event_id.as_deref())
-                    .push_bind(r.content.event_type.as_str())
-                    .push_bind(r.content.content_type.as_str())
-                    .push_bind(r.content.headers.as_deref())
-                    .push_bind(r.content.payload.as_slice())
-                    .push_bind(r.content.tombstone)
-                    .push_bind(now_ms)
-                    .push_bind(r.invalidates.map(|t| t as i64));
-            });
-            qb.build().execute(&mut *conn).await?;
-        }
+        super::insert_events(conn, id, &self.rows, now_ms).await?;
         let changed: Vec<(&String, &KeyState)> = self
             .keys
             .iter()
             .filter(|(_, s)| s.changed.is_some())
             .collect();
-        for chunk in changed.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<Db>::new(
-                "INSERT INTO keys (topic_id, key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id) ",
-            );
-            qb.push_values(chunk, |mut b, (k, s)| {
-                b.push_bind(id)
-                    .push_bind(k.as_str())
-                    .push_bind(s.version as i64)
-                    .push_bind(s.live.map(|l| l.partition as i64))
-                    .push_bind(s.live.map(|l| l.sequence as i64))
-                    .push_bind(s.live.is_some_and(|l| l.tombstone))
-                    .push_bind(s.changed.map(|t| t as i64));
-            });
-            qb.push(
-                " ON CONFLICT (topic_id, key) DO UPDATE SET version = excluded.version, \
-                 live_partition = excluded.live_partition, live_sequence = excluded.live_sequence, \
-                 live_tombstone = excluded.live_tombstone, changed_transaction_id = excluded.changed_transaction_id",
-            );
-            qb.build().execute(&mut *conn).await?;
-        }
+        super::upsert_keys(conn, id, &changed).await?;
         let heads: Vec<(u32, u64)> = self
             .dirty_heads
             .iter()
