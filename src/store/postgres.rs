@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::store::{Registry, WriteRequest, adopt};
 use sqlx::ConnectOptions;
+use sqlx::QueryBuilder;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use std::str::FromStr;
 use std::time::Duration;
@@ -175,6 +176,18 @@ fn apply(topics: &Registry, payload: &str) {
         Some((p.parse().ok()?, h.parse().ok()?))
     });
     state.advance(last, heads);
+}
+
+/// `<select> WHERE topic_id = <id> AND <column> = ANY(<values>)`: one
+/// statement text whatever the number of values.
+fn select_in<'a>(select: &str, id: i64, column: &str, values: &[&'a str]) -> QueryBuilder<'a, Db> {
+    let mut qb = QueryBuilder::<Db>::new(select);
+    qb.push(" WHERE topic_id = ")
+        .push_bind(id)
+        .push(format!(" AND {column} = ANY("))
+        .push_bind(values.to_vec())
+        .push(")");
+    qb
 }
 
 /// Inserts events with one statement of a fixed text: each column is bound

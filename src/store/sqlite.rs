@@ -78,6 +78,20 @@ pub(crate) async fn open(
     Ok(reads)
 }
 
+/// `<select> WHERE topic_id = <id> AND <column> IN (<values>)`.
+fn select_in<'a>(select: &str, id: i64, column: &str, values: &[&'a str]) -> QueryBuilder<'a, Db> {
+    let mut qb = QueryBuilder::<Db>::new(select);
+    qb.push(" WHERE topic_id = ")
+        .push_bind(id)
+        .push(format!(" AND {column} IN ("));
+    let mut sep = qb.separated(", ");
+    for v in values {
+        sep.push_bind(*v);
+    }
+    qb.push(")");
+    qb
+}
+
 /// Rows per multi-row statement (SQLite allows 32,766 bound values).
 const CHUNK: usize = 1000;
 

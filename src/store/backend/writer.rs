@@ -311,7 +311,7 @@ impl TopicDraft {
         }
         let want_keys: Vec<&str> = want_keys.into_iter().collect();
         for chunk in want_keys.chunks(CHUNK) {
-            let mut qb = select_in(
+            let mut qb = super::select_in(
                 "SELECT key, version, live_partition, live_sequence, live_tombstone FROM keys",
                 id,
                 "key",
@@ -346,7 +346,7 @@ impl TopicDraft {
         }
         let want_ids: Vec<&str> = want_ids.into_iter().collect();
         for chunk in want_ids.chunks(CHUNK) {
-            let mut qb = select_in(
+            let mut qb = super::select_in(
                 "SELECT event_id, partition, sequence, key_version, transaction_id FROM events",
                 id,
                 "event_id",
@@ -534,20 +534,6 @@ async fn topic_row(conn: &mut DbConn, id: i64) -> Result<TopicRow> {
     super::reads::topic_rows(&rows)?
         .pop()
         .ok_or_else(|| HubError::Unavailable("a topic disappeared while it was read; retry".into()))
-}
-
-/// `<select> WHERE topic_id = <id> AND <column> IN (<values>)`.
-fn select_in<'a>(select: &str, id: i64, column: &str, values: &[&'a str]) -> QueryBuilder<'a, Db> {
-    let mut qb = QueryBuilder::<Db>::new(select);
-    qb.push(" WHERE topic_id = ")
-        .push_bind(id)
-        .push(format!(" AND {column} IN ("));
-    let mut sep = qb.separated(", ");
-    for v in values {
-        sep.push_bind(*v);
-    }
-    qb.push(")");
-    qb
 }
 
 /// Inserts a topic and its partitions, unless a topic of that name exists
