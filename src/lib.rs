@@ -14,8 +14,10 @@
 //! - [`store`]: SQLite storage: topic registry, reads, and the group-committing writer task.
 //! - [`service`]: the gRPC handlers of `EventHubService`.
 //! - [`server`]: [`server::run`] wires store, service, health and reflection onto a listener.
-//! - `main.rs`: the `eventhub` command line (`eventhub serve`).
+//! - [`bench`]: `eventhub bench`, the hub measured against its database, a no-op gRPC server and NATS JetStream.
+//! - `main.rs`: the `eventhub` command line (`eventhub serve`, `eventhub bench`).
 
+pub mod bench;
 pub mod config;
 pub mod cursor;
 pub mod error;
