@@ -16,8 +16,10 @@
 //!   and PostgreSQL (`store/postgres.rs`, with LISTEN/NOTIFY between hub processes).
 //! - [`service`]: the gRPC handlers of `EventHubService`.
 //! - [`server`]: [`server::run`] wires store, service, health and reflection onto a listener.
-//! - `main.rs`: the `eventhub` command line (`eventhub serve`).
+//! - [`bench`]: `eventhub bench`, the hub measured against its database, a no-op gRPC server and NATS JetStream.
+//! - `main.rs`: the `eventhub` command line (`eventhub serve`, `eventhub bench`).
 
+pub mod bench;
 pub mod config;
 pub mod cursor;
 pub mod error;

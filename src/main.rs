@@ -1,6 +1,5 @@
 //! The `eventhub` command line.
 
-
 /// mimalloc for Rust's allocations and, through its `override` feature,
 /// SQLite's: with glibc's malloc, a third of a catch-up read's CPU time
 /// went to malloc and free.
@@ -28,6 +27,9 @@ struct Cli {
 enum Command {
     /// Run the hub.
     Serve(ServeArgs),
+    /// Measure the hub against its database, a no-op gRPC server and NATS
+    /// JetStream on loopback; prints a markdown table and writes JSON.
+    Bench(eventhub::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -73,15 +75,26 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The bench's in-process hubs would log every start and stop; it
+    // reports through its progress lines instead.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info",
+        Command::Bench(_) => "warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EVENTHUB_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .init();
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Bench(args) => {
+            return tokio::runtime::Runtime::new()?.block_on(eventhub::bench::run(args));
+        }
+    };
     let config = Config {
         database_url: args.database,
         default_partitions: eventhub::validate::partition_count(args.default_partitions, 16)
