@@ -17,6 +17,9 @@ fi
 # Tests that need PostgreSQL fail instead of skipping.
 export EVENTHUB_TEST_REQUIRE_POSTGRES=1
 
+echo "== nats-server, the peer of eventhub bench (tests/bench.rs runs it when present)"
+scripts/install-bench-deps.sh || echo "   (continuing: the bench test skips the NATS rows)"
+
 echo "== rust: fmt, clippy, build"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
