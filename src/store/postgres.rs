@@ -49,8 +49,6 @@ mod dialect {
     /// any hub process, queues here before reading the heads it extends.
     pub const LOCK_TOPIC: &str =
         "SELECT last_transaction_id FROM topics WHERE topic_id = $1 FOR UPDATE";
-    /// Tells every hub process about new heads, on commit.
-    pub const NOTIFY_HEADS: Option<&str> = Some("SELECT pg_notify('eventhub_heads', $1)");
 }
 
 /// How long a call waits for a database connection before it fails with
@@ -257,4 +255,47 @@ async fn upsert_keys(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Stores the topic's new partition heads and last transaction, and
+/// notifies every hub process of them (delivered on commit, in commit
+/// order): one statement, one round trip.
+async fn write_heads(
+    conn: &mut DbConn,
+    topic_id: i64,
+    topic: &str,
+    last_txn: u64,
+    heads: &[(u32, u64)],
+) -> Result<()> {
+    sqlx::query(
+        "WITH h AS (INSERT INTO partitions (topic_id, partition, head_sequence) \
+             SELECT $1, u.p, u.h FROM UNNEST($2::bigint[], $3::bigint[]) AS u(p, h) \
+             ON CONFLICT (topic_id, partition) DO UPDATE SET head_sequence = excluded.head_sequence), \
+         t AS (UPDATE topics SET last_transaction_id = $4 WHERE topic_id = $1) \
+         SELECT pg_notify('eventhub_heads', n) FROM UNNEST($5::text[]) AS n",
+    )
+    .bind(topic_id)
+    .bind(heads.iter().map(|(p, _)| *p as i64).collect::<Vec<_>>())
+    .bind(heads.iter().map(|(_, h)| *h as i64).collect::<Vec<_>>())
+    .bind(last_txn as i64)
+    .bind(heads_payloads(topic, last_txn, heads))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Notification payloads announcing new heads: `<topic> <last transaction>
+/// <partition>:<head> ...`, split to stay far below PostgreSQL's 8,000-byte
+/// payload limit.
+fn heads_payloads(topic: &str, last_txn: u64, heads: &[(u32, u64)]) -> Vec<String> {
+    heads
+        .chunks(200)
+        .map(|chunk| {
+            let mut s = format!("{topic} {last_txn}");
+            for (p, h) in chunk {
+                s.push_str(&format!(" {p}:{h}"));
+            }
+            s
+        })
+        .collect()
 }

@@ -36,8 +36,6 @@ mod dialect {
     /// Reads the topic's last transaction. The writer task is the only
     /// writer of the file, so there is nothing to lock against.
     pub const LOCK_TOPIC: &str = "SELECT last_transaction_id FROM topics WHERE topic_id = $1";
-    /// No other process to tell about new heads.
-    pub const NOTIFY_HEADS: Option<&str> = None;
 }
 
 /// Opens (creating if needed) the database file, runs migrations, loads the
@@ -156,3 +154,30 @@ async fn upsert_keys(
 const UPSERT_KEYS_TAIL: &str = " ON CONFLICT (topic_id, key) DO UPDATE SET version = excluded.version, \
      live_partition = excluded.live_partition, live_sequence = excluded.live_sequence, \
      live_tombstone = excluded.live_tombstone, changed_transaction_id = excluded.changed_transaction_id";
+
+/// Stores the topic's new partition heads and last transaction.
+async fn write_heads(
+    conn: &mut DbConn,
+    topic_id: i64,
+    _topic: &str,
+    last_txn: u64,
+    heads: &[(u32, u64)],
+) -> Result<()> {
+    let mut qb =
+        QueryBuilder::<Db>::new("INSERT INTO partitions (topic_id, partition, head_sequence) ");
+    qb.push_values(heads, |mut b, (p, h)| {
+        b.push_bind(topic_id)
+            .push_bind(*p as i64)
+            .push_bind(*h as i64);
+    });
+    qb.push(
+        " ON CONFLICT (topic_id, partition) DO UPDATE SET head_sequence = excluded.head_sequence",
+    );
+    qb.build().execute(&mut *conn).await?;
+    sqlx::query("UPDATE topics SET last_transaction_id = $1 WHERE topic_id = $2")
+        .bind(last_txn as i64)
+        .bind(topic_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

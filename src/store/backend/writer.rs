@@ -424,27 +424,7 @@ impl TopicDraft {
             .iter()
             .map(|&p| (p, self.heads[p as usize]))
             .collect();
-        let mut qb =
-            QueryBuilder::<Db>::new("INSERT INTO partitions (topic_id, partition, head_sequence) ");
-        qb.push_values(&heads, |mut b, (p, h)| {
-            b.push_bind(id).push_bind(*p as i64).push_bind(*h as i64);
-        });
-        qb.push(" ON CONFLICT (topic_id, partition) DO UPDATE SET head_sequence = excluded.head_sequence");
-        qb.build().execute(&mut *conn).await?;
-        sqlx::query("UPDATE topics SET last_transaction_id = $1 WHERE topic_id = $2")
-            .bind(self.last_txn as i64)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        if let Some(notify) = dialect::NOTIFY_HEADS {
-            // Delivered to every hub process on commit, in commit order.
-            for payload in heads_payloads(&self.name, self.last_txn, &heads) {
-                sqlx::query(notify)
-                    .bind(payload)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-        }
+        super::write_heads(conn, id, &self.name, self.last_txn, &heads).await?;
         Ok(())
     }
 
@@ -466,22 +446,6 @@ impl TopicDraft {
             },
         )
     }
-}
-
-/// Notification payloads announcing new heads: `<topic> <last transaction>
-/// <partition>:<head> ...`, split to stay far below PostgreSQL's 8,000-byte
-/// payload limit.
-fn heads_payloads(topic: &str, last_txn: u64, heads: &[(u32, u64)]) -> Vec<String> {
-    heads
-        .chunks(200)
-        .map(|chunk| {
-            let mut s = format!("{topic} {last_txn}");
-            for (p, h) in chunk {
-                s.push_str(&format!(" {p}:{h}"));
-            }
-            s
-        })
-        .collect()
 }
 
 /// What the writer needs to know of a stored topic before locking it.
