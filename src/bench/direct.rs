@@ -25,55 +25,12 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::log::LevelFilter;
 
-/// The hub's `events` table and its indexes on SQLite
-/// (`migrations/sqlite/0001_init.sql`).
-pub const SQLITE_EVENTS_DDL: &str = "
-CREATE TABLE events (
-    topic_id        INTEGER NOT NULL,
-    partition       INTEGER NOT NULL,
-    sequence        INTEGER NOT NULL,
-    transaction_id  INTEGER NOT NULL,
-    key             TEXT,
-    key_version     INTEGER NOT NULL,
-    event_id        TEXT,
-    event_type      TEXT    NOT NULL,
-    content_type    TEXT    NOT NULL,
-    headers         BLOB,
-    payload         BLOB    NOT NULL,
-    tombstone       INTEGER NOT NULL,
-    committed_at_ms INTEGER NOT NULL,
-    invalidates     INTEGER,
-    PRIMARY KEY (topic_id, partition, sequence)
-) WITHOUT ROWID;
-CREATE UNIQUE INDEX events_by_event_id ON events (topic_id, event_id) WHERE event_id IS NOT NULL;
-CREATE UNIQUE INDEX events_by_key ON events (topic_id, key, key_version) WHERE key IS NOT NULL;
-CREATE INDEX events_by_transaction ON events (topic_id, partition, transaction_id);
-";
+/// The hub's schema on SQLite, the same file its migration runs: the
+/// reference writes to the same `events` table with the same indexes.
+pub const SQLITE_SCHEMA: &str = include_str!("../../migrations/sqlite/0001_init.sql");
 
-/// The same table on PostgreSQL (`migrations/postgres/`: the SQLite columns
-/// with BIGINT, BYTEA and BOOLEAN types).
-pub const POSTGRES_EVENTS_DDL: &str = "
-CREATE TABLE events (
-    topic_id        BIGINT  NOT NULL,
-    partition       BIGINT  NOT NULL,
-    sequence        BIGINT  NOT NULL,
-    transaction_id  BIGINT  NOT NULL,
-    key             TEXT,
-    key_version     BIGINT  NOT NULL,
-    event_id        TEXT,
-    event_type      TEXT    NOT NULL,
-    content_type    TEXT    NOT NULL,
-    headers         BYTEA,
-    payload         BYTEA   NOT NULL,
-    tombstone       BOOLEAN NOT NULL,
-    committed_at_ms BIGINT  NOT NULL,
-    invalidates     BIGINT,
-    PRIMARY KEY (topic_id, partition, sequence)
-);
-CREATE UNIQUE INDEX events_by_event_id ON events (topic_id, event_id) WHERE event_id IS NOT NULL;
-CREATE UNIQUE INDEX events_by_key ON events (topic_id, key, key_version) WHERE key IS NOT NULL;
-CREATE INDEX events_by_transaction ON events (topic_id, partition, transaction_id);
-";
+/// The hub's schema on PostgreSQL.
+pub const POSTGRES_SCHEMA: &str = include_str!("../../migrations/postgres/0001_init.sql");
 
 const COLUMNS: &str = "topic_id, partition, sequence, transaction_id, key, key_version, event_id, \
      event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates";
@@ -283,10 +240,10 @@ impl Db {
         let db = Db::open(fresh, connections, false).await?;
         match &db {
             Db::Sqlite(p) => {
-                sqlx::raw_sql(SQLITE_EVENTS_DDL).execute(p).await?;
+                sqlx::raw_sql(SQLITE_SCHEMA).execute(p).await?;
             }
             Db::Postgres(p) => {
-                sqlx::raw_sql(POSTGRES_EVENTS_DDL).execute(p).await?;
+                sqlx::raw_sql(POSTGRES_SCHEMA).execute(p).await?;
             }
         }
         Ok(db)
