@@ -27,7 +27,7 @@ pub(crate) use reads::Reads;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::store::{Registry, WriteRequest, adopt};
+use crate::store::{Registry, WriteRequest};
 use sqlx::ConnectOptions;
 use sqlx::QueryBuilder;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
@@ -84,9 +84,7 @@ pub(crate) async fn open(
     let reads = Reads { pool };
     let listener = listen_heads(&listen).await?;
     let reads_for_listener = reads.clone();
-    for row in reads.all_topic_rows().await? {
-        adopt(&topics, &row);
-    }
+    reads.adopt_all(&topics).await?;
     // The writer runs until the store is dropped; the listener stops with it.
     let (stopped_tx, stopped) = oneshot::channel::<()>();
     let writer = writer::run(write, rx, topics.clone(), config.clone());
@@ -119,13 +117,8 @@ async fn follow_heads(listener: PgListener, pool: PgPool, reads: Reads, topics: 
     loop {
         let Some(l) = listener.as_mut() else {
             listener = Some(reconnect(&pool).await);
-            match reads.all_topic_rows().await {
-                Ok(rows) => {
-                    for row in rows {
-                        adopt(&topics, &row);
-                    }
-                    tracing::info!("listening for new heads again");
-                }
+            match reads.adopt_all(&topics).await {
+                Ok(()) => tracing::info!("listening for new heads again"),
                 // The database answered the listener a moment ago; should
                 // it fail now, each topic's next notification still brings
                 // its heads.

@@ -16,7 +16,7 @@ pub(crate) use reads::Reads;
 
 use crate::config::{Config, SqliteSync};
 use crate::error::Result;
-use crate::store::{Registry, WriteRequest, adopt};
+use crate::store::{Registry, WriteRequest};
 use sqlx::ConnectOptions;
 use sqlx::QueryBuilder;
 use sqlx::sqlite::{
@@ -69,9 +69,7 @@ pub(crate) async fn open(
         .connect_with(options.read_only(true))
         .await?;
     let reads = Reads { pool };
-    for row in reads.all_topic_rows().await? {
-        adopt(&topics, &row);
-    }
+    reads.adopt_all(&topics).await?;
     tokio::spawn(writer::run(write, rx, topics, config.clone()));
     Ok(reads)
 }

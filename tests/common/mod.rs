@@ -79,16 +79,9 @@ pub async fn fresh_postgres_database(server: &str) -> String {
         .await
         .unwrap();
     // Same server and parameters, the new database as the path.
-    let (base, query) = match server.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (server, String::new()),
-    };
-    let authority_start = base.find("//").map_or(0, |i| i + 2);
-    let host = match base[authority_start..].find('/') {
-        Some(i) => &base[..authority_start + i],
-        None => base,
-    };
-    format!("{host}/{name}{query}")
+    let mut url = url::Url::parse(server).unwrap();
+    url.set_path(&name);
+    url.to_string()
 }
 
 /// A URL for a fresh database of the backend under test; SQLite files go in `dir`.

@@ -4,7 +4,7 @@
 
 use super::{Db, DbRow};
 use crate::error::Result;
-use crate::store::{EventRow, Snapshot, TopicRow, TopicState};
+use crate::store::{EventRow, Registry, Snapshot, TopicRow, TopicState, adopt};
 use crate::validate::Content;
 use sqlx::{Pool, Row};
 use std::collections::HashSet;
@@ -82,12 +82,16 @@ impl Reads {
         Ok(topic_rows(&rows)?.pop())
     }
 
-    /// Every stored topic, with its heads.
-    pub(crate) async fn all_topic_rows(&self) -> Result<Vec<TopicRow>> {
+    /// Loads every stored topic into the registry, advancing the heads of
+    /// those already there.
+    pub(crate) async fn adopt_all(&self, topics: &Registry) -> Result<()> {
         let rows = sqlx::query(&format!("{TOPIC_SELECT} ORDER BY t.topic_id, p.partition"))
             .fetch_all(&self.pool)
             .await?;
-        topic_rows(&rows)
+        for row in topic_rows(&rows)? {
+            adopt(topics, &row);
+        }
+        Ok(())
     }
 
     /// Names of topics starting with `prefix` and sorting after `after`.
