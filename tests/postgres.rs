@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use eventhub::proto::{Event, ReadPartitionRequest};
+use eventhub::proto::{AppendEvent, AppendRequest, Event, ExpectedVersion, ReadPartitionRequest};
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 use tonic::Streaming;
@@ -115,6 +115,65 @@ async fn appenders_on_two_processes_no_gap() {
         4,
     )
     .await;
+}
+
+/// Hubs alternate appends to the same keys: each sees the versions and
+/// sequences the other one stored (a writer's cached key states and heads
+/// are dropped when another process wrote to the topic), and an exact
+/// expected version that went stale through the other hub is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_versions_and_heads_across_processes() {
+    let Some((a, b, _)) = two_hubs(2).await else {
+        return;
+    };
+    let exact = |key: &str, version: u64, payload: &str| AppendEvent {
+        expected: ExpectedVersion::Exact as i32,
+        expected_key_version: version,
+        ..ev(key, "T", payload)
+    };
+    let hubs = [a.client.clone(), b.client.clone()];
+    let keys = ["k1", "k2", "k3"];
+    let mut last_sequence = [0u64; 2];
+    for round in 0..20u64 {
+        let mut hub = hubs[(round % 2) as usize].clone();
+        let events = keys
+            .iter()
+            .map(|k| exact(k, round, &round.to_string()))
+            .collect();
+        let r = append(&mut hub, "v", events).await;
+        for (k, res) in keys.iter().zip(&r.results) {
+            assert_eq!(
+                res.key_version,
+                round + 1,
+                "version of {k} in round {round}"
+            );
+            let p = partition_of(k, 2) as usize;
+            assert!(res.sequence > last_sequence[p], "sequence of {k} went back");
+        }
+        for res in &r.results {
+            let p = res.partition as usize;
+            last_sequence[p] = last_sequence[p].max(res.sequence);
+        }
+        // The other hub now expects a version that is one behind.
+        let other = hubs[((round + 1) % 2) as usize].clone();
+        let status = other
+            .clone()
+            .append(AppendRequest {
+                topic: "v".into(),
+                events: vec![exact("k1", round, "stale")],
+                dedup_by_content: false,
+            })
+            .await
+            .expect_err("a stale expected version was accepted");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    }
+    for p in 0..2u32 {
+        let (events, _) = read_all(&mut a.client.clone(), "v", p, "_first").await;
+        let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+        let expected: Vec<u64> = (1..=events.len() as u64).collect();
+        assert_eq!(sequences, expected, "partition {p} has gaps or repeats");
+        assert!(events.iter().all(|e| e.payload != b"stale"));
+    }
 }
 
 /// The notification connections are killed: hubs reconnect by themselves and followers keep receiving.

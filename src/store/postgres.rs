@@ -34,7 +34,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use writer::{KeyState, PendingEvent};
+use writer::{PendingEvent, TopicWrite};
 
 type Db = sqlx::Postgres;
 type DbConn = sqlx::PgConnection;
@@ -49,6 +49,8 @@ mod dialect {
     /// any hub process, queues here before reading the heads it extends.
     pub const LOCK_TOPIC: &str =
         "SELECT last_transaction_id FROM topics WHERE topic_id = $1 FOR UPDATE";
+    /// Other hub processes may write the same database.
+    pub const SOLE_WRITER: bool = false;
 }
 
 /// How long a call waits for a database connection before it fails with
@@ -181,29 +183,35 @@ fn select_in<'a>(select: &str, id: i64, column: &str, values: &[&'a str]) -> Que
     qb
 }
 
-/// Inserts events with one statement of a fixed text: each column is bound
-/// as an array and `UNNEST`ed, so the statement is prepared once and a
-/// batch of any size binds 14 values, not 14 per row.
-async fn insert_events(
-    conn: &mut DbConn,
-    topic_id: i64,
-    rows: &[PendingEvent],
-    now_ms: i64,
-) -> Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
+/// Writes a topic's events, keys, heads and last transaction, and
+/// notifies every hub process of the new heads (delivered on commit, in
+/// commit order): one statement of a fixed text, so one round trip and one
+/// prepared statement. Each column is bound as an array and `UNNEST`ed: a
+/// batch of any size binds 24 values, not 14 per event.
+async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<()> {
+    let (rows, keys, heads) = (w.rows, w.keys, w.heads);
     let ints = |f: fn(&PendingEvent) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
     sqlx::query(
-        "INSERT INTO events (topic_id, partition, sequence, transaction_id, key, key_version, event_id, \
-         event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates) \
-         SELECT $1, u.p, u.s, u.t, u.k, u.kv, u.eid, u.et, u.ct, u.h, u.pl, u.tb, $2, u.inv \
-         FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], \
-             $9::text[], $10::text[], $11::bytea[], $12::bytea[], $13::boolean[], $14::bigint[]) \
-         AS u(p, s, t, k, kv, eid, et, ct, h, pl, tb, inv)",
+        "WITH e AS (INSERT INTO events (topic_id, partition, sequence, transaction_id, key, key_version, event_id, \
+             event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates) \
+             SELECT $1, u.p, u.s, u.t, u.k, u.kv, u.eid, u.et, u.ct, u.h, u.pl, u.tb, $2, u.inv \
+             FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], \
+                 $9::text[], $10::text[], $11::bytea[], $12::bytea[], $13::boolean[], $14::bigint[]) \
+             AS u(p, s, t, k, kv, eid, et, ct, h, pl, tb, inv)), \
+         k AS (INSERT INTO keys (topic_id, key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id) \
+             SELECT $1, u.* FROM UNNEST($15::text[], $16::bigint[], $17::bigint[], $18::bigint[], $19::boolean[], $20::bigint[]) \
+             AS u(key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id) \
+             ON CONFLICT (topic_id, key) DO UPDATE SET version = excluded.version, \
+             live_partition = excluded.live_partition, live_sequence = excluded.live_sequence, \
+             live_tombstone = excluded.live_tombstone, changed_transaction_id = excluded.changed_transaction_id), \
+         h AS (INSERT INTO partitions (topic_id, partition, head_sequence) \
+             SELECT $1, u.p, u.h FROM UNNEST($21::bigint[], $22::bigint[]) AS u(p, h) \
+             ON CONFLICT (topic_id, partition) DO UPDATE SET head_sequence = excluded.head_sequence), \
+         t AS (UPDATE topics SET last_transaction_id = $23 WHERE topic_id = $1) \
+         SELECT pg_notify('eventhub_heads', n) FROM UNNEST($24::text[]) AS n",
     )
-    .bind(topic_id)
-    .bind(now_ms)
+    .bind(w.topic_id)
+    .bind(w.now_ms)
     .bind(ints(|r| r.partition as i64))
     .bind(ints(|r| r.sequence as i64))
     .bind(ints(|r| r.transaction_id as i64))
@@ -216,62 +224,16 @@ async fn insert_events(
     .bind(rows.iter().map(|r| r.content.payload.as_slice()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.content.tombstone).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.invalidates.map(|t| t as i64)).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Writes keys' new states with one `UNNEST` upsert.
-async fn upsert_keys(
-    conn: &mut DbConn,
-    topic_id: i64,
-    keys: &[(&String, &KeyState)],
-) -> Result<()> {
-    if keys.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO keys (topic_id, key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id) \
-         SELECT $1, u.* FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::boolean[], $7::bigint[]) \
-         AS u(key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id) \
-         ON CONFLICT (topic_id, key) DO UPDATE SET version = excluded.version, \
-         live_partition = excluded.live_partition, live_sequence = excluded.live_sequence, \
-         live_tombstone = excluded.live_tombstone, changed_transaction_id = excluded.changed_transaction_id",
-    )
-    .bind(topic_id)
     .bind(keys.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
     .bind(keys.iter().map(|(_, s)| s.version as i64).collect::<Vec<_>>())
     .bind(keys.iter().map(|(_, s)| s.live.map(|l| l.partition as i64)).collect::<Vec<_>>())
     .bind(keys.iter().map(|(_, s)| s.live.map(|l| l.sequence as i64)).collect::<Vec<_>>())
     .bind(keys.iter().map(|(_, s)| s.live.is_some_and(|l| l.tombstone)).collect::<Vec<_>>())
     .bind(keys.iter().map(|(_, s)| s.changed.map_or(0, |t| t as i64)).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Stores the topic's new partition heads and last transaction, and
-/// notifies every hub process of them (delivered on commit, in commit
-/// order): one statement, one round trip.
-async fn write_heads(
-    conn: &mut DbConn,
-    topic_id: i64,
-    topic: &str,
-    last_txn: u64,
-    heads: &[(u32, u64)],
-) -> Result<()> {
-    sqlx::query(
-        "WITH h AS (INSERT INTO partitions (topic_id, partition, head_sequence) \
-             SELECT $1, u.p, u.h FROM UNNEST($2::bigint[], $3::bigint[]) AS u(p, h) \
-             ON CONFLICT (topic_id, partition) DO UPDATE SET head_sequence = excluded.head_sequence), \
-         t AS (UPDATE topics SET last_transaction_id = $4 WHERE topic_id = $1) \
-         SELECT pg_notify('eventhub_heads', n) FROM UNNEST($5::text[]) AS n",
-    )
-    .bind(topic_id)
     .bind(heads.iter().map(|(p, _)| *p as i64).collect::<Vec<_>>())
     .bind(heads.iter().map(|(_, h)| *h as i64).collect::<Vec<_>>())
-    .bind(last_txn as i64)
-    .bind(heads_payloads(topic, last_txn, heads))
+    .bind(w.last_txn as i64)
+    .bind(heads_payloads(w.topic, w.last_txn, heads))
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -25,7 +25,7 @@ use sqlx::sqlite::{
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use writer::{KeyState, PendingEvent};
+use writer::TopicWrite;
 
 type Db = sqlx::Sqlite;
 type DbConn = sqlx::SqliteConnection;
@@ -36,6 +36,9 @@ mod dialect {
     /// Reads the topic's last transaction. The writer task is the only
     /// writer of the file, so there is nothing to lock against.
     pub const LOCK_TOPIC: &str = "SELECT last_transaction_id FROM topics WHERE topic_id = $1";
+    /// The writer task is the file's only writer: what it committed and
+    /// published is all there is.
+    pub const SOLE_WRITER: bool = true;
 }
 
 /// Opens (creating if needed) the database file, runs migrations, loads the
@@ -91,20 +94,18 @@ fn select_in<'a>(select: &str, id: i64, column: &str, values: &[&'a str]) -> Que
 /// Rows per multi-row statement (SQLite allows 32,766 bound values).
 const CHUNK: usize = 1000;
 
-/// Inserts events with multi-row `INSERT ... VALUES`.
-async fn insert_events(
-    conn: &mut DbConn,
-    topic_id: i64,
-    rows: &[PendingEvent],
-    now_ms: i64,
-) -> Result<()> {
-    for chunk in rows.chunks(CHUNK) {
-        let mut qb = QueryBuilder::<Db>::new(
+/// Writes a topic's events, keys, heads and last transaction with
+/// multi-row statements sent together: sqlx runs them one after another on
+/// its worker thread, so the whole write is one hand-off to that thread.
+async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<()> {
+    let mut qb = QueryBuilder::<Db>::new("");
+    for chunk in w.rows.chunks(CHUNK) {
+        qb.push(
             "INSERT INTO events (topic_id, partition, sequence, transaction_id, key, key_version, event_id, \
              event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates) ",
         );
         qb.push_values(chunk, |mut b, r| {
-            b.push_bind(topic_id)
+            b.push_bind(w.topic_id)
                 .push_bind(r.partition as i64)
                 .push_bind(r.sequence as i64)
                 .push_bind(r.transaction_id as i64)
@@ -116,66 +117,45 @@ async fn insert_events(
                 .push_bind(r.content.headers.as_deref())
                 .push_bind(r.content.payload.as_slice())
                 .push_bind(r.content.tombstone)
-                .push_bind(now_ms)
+                .push_bind(w.now_ms)
                 .push_bind(r.invalidates.map(|t| t as i64));
         });
-        qb.build().execute(&mut *conn).await?;
+        qb.push(";\n");
     }
-    Ok(())
-}
-
-/// Writes keys' new states with multi-row upserts.
-async fn upsert_keys(
-    conn: &mut DbConn,
-    topic_id: i64,
-    keys: &[(&String, &KeyState)],
-) -> Result<()> {
-    for chunk in keys.chunks(CHUNK) {
-        let mut qb = QueryBuilder::<Db>::new(
+    for chunk in w.keys.chunks(CHUNK) {
+        qb.push(
             "INSERT INTO keys (topic_id, key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id) ",
         );
         qb.push_values(chunk, |mut b, (k, s)| {
-            b.push_bind(topic_id)
+            b.push_bind(w.topic_id)
                 .push_bind(k.as_str())
                 .push_bind(s.version as i64)
                 .push_bind(s.live.map(|l| l.partition as i64))
                 .push_bind(s.live.map(|l| l.sequence as i64))
                 .push_bind(s.live.is_some_and(|l| l.tombstone))
-                .push_bind(s.changed.map(|t| t as i64));
+                .push_bind(s.changed.map_or(0, |t| t as i64));
         });
-        qb.push(UPSERT_KEYS_TAIL);
-        qb.build().execute(&mut *conn).await?;
+        qb.push(
+            " ON CONFLICT (topic_id, key) DO UPDATE SET version = excluded.version, \
+             live_partition = excluded.live_partition, live_sequence = excluded.live_sequence, \
+             live_tombstone = excluded.live_tombstone, changed_transaction_id = excluded.changed_transaction_id;\n",
+        );
     }
-    Ok(())
-}
-
-const UPSERT_KEYS_TAIL: &str = " ON CONFLICT (topic_id, key) DO UPDATE SET version = excluded.version, \
-     live_partition = excluded.live_partition, live_sequence = excluded.live_sequence, \
-     live_tombstone = excluded.live_tombstone, changed_transaction_id = excluded.changed_transaction_id";
-
-/// Stores the topic's new partition heads and last transaction.
-async fn write_heads(
-    conn: &mut DbConn,
-    topic_id: i64,
-    _topic: &str,
-    last_txn: u64,
-    heads: &[(u32, u64)],
-) -> Result<()> {
-    let mut qb =
-        QueryBuilder::<Db>::new("INSERT INTO partitions (topic_id, partition, head_sequence) ");
-    qb.push_values(heads, |mut b, (p, h)| {
-        b.push_bind(topic_id)
-            .push_bind(*p as i64)
-            .push_bind(*h as i64);
-    });
-    qb.push(
-        " ON CONFLICT (topic_id, partition) DO UPDATE SET head_sequence = excluded.head_sequence",
-    );
+    if !w.heads.is_empty() {
+        qb.push("INSERT INTO partitions (topic_id, partition, head_sequence) ");
+        qb.push_values(w.heads, |mut b, (p, h)| {
+            b.push_bind(w.topic_id)
+                .push_bind(*p as i64)
+                .push_bind(*h as i64);
+        });
+        qb.push(
+            " ON CONFLICT (topic_id, partition) DO UPDATE SET head_sequence = excluded.head_sequence;\n",
+        );
+    }
+    qb.push("UPDATE topics SET last_transaction_id = ")
+        .push_bind(w.last_txn as i64)
+        .push(" WHERE topic_id = ")
+        .push_bind(w.topic_id);
     qb.build().execute(&mut *conn).await?;
-    sqlx::query("UPDATE topics SET last_transaction_id = $1 WHERE topic_id = $2")
-        .bind(last_txn as i64)
-        .bind(topic_id)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }

@@ -16,6 +16,16 @@
 // the same database, assigns ids only while holding it, so ids follow commit
 // order: a later sequence never becomes visible before an earlier one, and
 // a reader that reads up to a head it has seen never skips an event.
+//
+// The writer keeps the states of the keys it wrote or read lately in a
+// bounded cache (`KeyCache`), so that a batch reads from the database only
+// the keys it has not seen. The cache of a topic is used only while the
+// topic's last transaction in the database is the one this writer last
+// committed there: if another hub process wrote to the topic meanwhile,
+// the topic's entries are dropped. The same test lets the writer take the
+// heads from the registry instead of reading them. Where the writer task
+// is the file's only writer (`dialect::SOLE_WRITER`, SQLite), it need not
+// read the topic's row at all.
 
 use super::reads::TOPIC_SELECT;
 use super::{Db, DbConn, dialect};
@@ -26,7 +36,9 @@ use crate::store::{
     WriteRequest, adopt,
 };
 use crate::validate::{Content, INVALIDATION_TYPE, NewEvent, TopicName, partition_for};
-use sqlx::{Pool, QueryBuilder, Row};
+use hashlink::LruCache;
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, Pool, QueryBuilder, Row, Transaction};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -36,6 +48,105 @@ const MAX_BATCH_APPENDS: usize = 1024;
 const MAX_BATCH_EVENTS: usize = 20_000;
 /// Rows per multi-row statement (SQLite allows 32,766 bound values).
 const CHUNK: usize = 1000;
+/// Most key states the sole writer keeps in memory (about 100 bytes each).
+const KEY_CACHE_KEYS: usize = 1 << 18;
+
+/// Committed key states, by topic and key, as of the last transaction this
+/// writer committed to each topic.
+struct KeyCache {
+    entries: LruCache<(i64, String), CachedKey>,
+    topics: HashMap<i64, CachedTopic>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CachedKey {
+    version: u64,
+    live: Option<Live>,
+    /// The topic's generation the entry belongs to.
+    generation: u64,
+}
+
+#[derive(Debug, Default)]
+struct CachedTopic {
+    /// Whether the topic's entries of `generation` are current as of
+    /// `last_txn`, the last transaction this writer committed to it.
+    valid: bool,
+    last_txn: u64,
+    generation: u64,
+}
+
+impl KeyCache {
+    fn new() -> Self {
+        KeyCache {
+            entries: LruCache::new(KEY_CACHE_KEYS),
+            topics: HashMap::new(),
+        }
+    }
+
+    /// Whether the topic's entries are current, now that its last
+    /// transaction in the database is `last_txn`. If they are not (another
+    /// process wrote to it, or this writer never did), they are dropped.
+    fn check(&mut self, topic: i64, last_txn: u64) -> bool {
+        let t = self.topics.entry(topic).or_default();
+        if t.valid && t.last_txn == last_txn {
+            return true;
+        }
+        t.valid = false;
+        t.generation += 1;
+        false
+    }
+
+    fn get(&mut self, topic: i64, key: &str) -> Option<KeyState> {
+        let t = self.topics.get(&topic).filter(|t| t.valid)?;
+        let generation = t.generation;
+        let k = self.entries.get(&(topic, key.to_owned()))?;
+        (k.generation == generation).then_some(KeyState {
+            version: k.version,
+            live: k.live,
+            changed: None,
+        })
+    }
+
+    /// After a commit that left the topic's last transaction at `last_txn`:
+    /// `keys` are the states of keys as of it.
+    fn commit(
+        &mut self,
+        topic: i64,
+        last_txn: u64,
+        keys: impl Iterator<Item = (String, KeyState)>,
+    ) {
+        let t = self.topics.entry(topic).or_default();
+        t.valid = true;
+        t.last_txn = last_txn;
+        let generation = t.generation;
+        for (key, s) in keys {
+            let k = CachedKey {
+                version: s.version,
+                live: s.live,
+                generation,
+            };
+            self.entries.insert((topic, key), k);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.topics.clear();
+    }
+}
+
+/// Begins a transaction on the writer's kept connection, acquiring one if
+/// it has none: no pool hand-off and no ping per transaction (see
+/// `Writer::retry_begin` for a kept connection the database dropped).
+async fn begin<'c>(
+    conn: &'c mut Option<PoolConnection<Db>>,
+    pool: &Pool<Db>,
+) -> Result<Transaction<'c, Db>> {
+    if conn.is_none() {
+        *conn = Some(pool.acquire().await?);
+    }
+    Ok(conn.as_mut().expect("acquired above").begin().await?)
+}
 
 /// The writer task: runs until every sender of `rx` is gone. `pool` is the
 /// writer's own; one connection is enough, since the task writes one
@@ -48,8 +159,12 @@ pub(crate) async fn run(
 ) {
     Writer {
         pool,
+        conn: None,
+        kept: false,
+        began: false,
         topics,
         config,
+        key_cache: KeyCache::new(),
     }
     .run(rx)
     .await
@@ -57,8 +172,15 @@ pub(crate) async fn run(
 
 struct Writer {
     pool: Pool<Db>,
+    /// The connection the writer keeps between transactions (see `begin`).
+    conn: Option<PoolConnection<Db>>,
+    /// Whether the current request started on a kept connection, and
+    /// whether its transaction got past BEGIN (see `retry_begin`).
+    kept: bool,
+    began: bool,
     topics: Registry,
     config: Config,
+    key_cache: KeyCache,
 }
 
 struct AppendReq {
@@ -96,6 +218,23 @@ pub(super) struct PendingEvent {
     pub(super) invalidates: Option<u64>,
 }
 
+/// What a transaction writes to one topic, in one round trip to the
+/// database (`write_topic` of each backend).
+pub(super) struct TopicWrite<'a> {
+    pub(super) topic_id: i64,
+    /// Named in PostgreSQL's notification; SQLite has none.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(super) topic: &'a str,
+    pub(super) last_txn: u64,
+    pub(super) now_ms: i64,
+    /// New events.
+    pub(super) rows: &'a [PendingEvent],
+    /// New states of the keys the transaction changed.
+    pub(super) keys: &'a [(&'a String, &'a KeyState)],
+    /// New heads of the partitions it appended to.
+    pub(super) heads: &'a [(u32, u64)],
+}
+
 /// One topic's state during a batch: what the database holds plus what the
 /// batch's accepted appends did.
 struct TopicDraft {
@@ -121,27 +260,56 @@ struct TopicDraft {
 impl TopicDraft {
     /// Locks the topic's row until the end of `conn`'s transaction and
     /// starts a draft from its stored last transaction and heads.
-    async fn lock(conn: &mut DbConn, meta: &TopicMeta, created: bool) -> Result<Self> {
-        let (last_txn,): (i64,) = sqlx::query_as(dialect::LOCK_TOPIC)
-            .bind(meta.id)
-            .fetch_one(&mut *conn)
-            .await?;
-        let rows: Vec<(i64, i64)> =
-            sqlx::query_as("SELECT partition, head_sequence FROM partitions WHERE topic_id = $1")
-                .bind(meta.id)
-                .fetch_all(&mut *conn)
-                .await?;
-        let mut heads = vec![0u64; meta.partition_count as usize];
-        for (p, h) in rows {
-            heads[p as usize] = h as u64;
-        }
+    /// `cache` learns whether its entries for the topic are still current.
+    async fn lock(
+        conn: &mut DbConn,
+        meta: &TopicMeta,
+        created: bool,
+        cache: &mut KeyCache,
+    ) -> Result<Self> {
+        let registry_heads =
+            |state: &TopicState| (0..meta.partition_count).map(|p| state.head(p)).collect();
+        let (last_txn, heads) = match &meta.known {
+            // The sole writer published everything it committed.
+            Some(state) if dialect::SOLE_WRITER => {
+                let last_txn = state.last_transaction();
+                cache.check(meta.id, last_txn);
+                (last_txn, registry_heads(state))
+            }
+            known => {
+                let (last_txn,): (i64,) = sqlx::query_as(dialect::LOCK_TOPIC)
+                    .bind(meta.id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let last_txn = last_txn as u64;
+                let current = cache.check(meta.id, last_txn);
+                match known {
+                    // Nobody else wrote since this writer's last commit,
+                    // whose heads it published.
+                    Some(state) if current => (last_txn, registry_heads(state)),
+                    _ => {
+                        let rows: Vec<(i64, i64)> = sqlx::query_as(
+                            "SELECT partition, head_sequence FROM partitions WHERE topic_id = $1",
+                        )
+                        .bind(meta.id)
+                        .fetch_all(&mut *conn)
+                        .await?;
+                        let mut heads = vec![0u64; meta.partition_count as usize];
+                        for (p, h) in rows {
+                            heads[p as usize] = h as u64;
+                        }
+                        (last_txn, heads)
+                    }
+                }
+            }
+        };
         Ok(TopicDraft {
             id: meta.id,
             created,
             name: meta.name.clone(),
             partition_count: meta.partition_count,
             created_at_ms: meta.created_at_ms,
-            last_txn: last_txn as u64,
+            last_txn,
             heads,
             dirty_heads: BTreeSet::new(),
             keys: HashMap::new(),
@@ -286,7 +454,12 @@ impl TopicDraft {
 
     /// Loads what planning `reqs` needs to know from the database: key
     /// states, stored event ids and (for dedup) latest valid contents.
-    async fn prefetch(&mut self, conn: &mut DbConn, reqs: &[&AppendReq]) -> Result<()> {
+    async fn prefetch(
+        &mut self,
+        conn: &mut DbConn,
+        reqs: &[&AppendReq],
+        cache: &mut KeyCache,
+    ) -> Result<()> {
         if self.created {
             return Ok(());
         }
@@ -297,7 +470,14 @@ impl TopicDraft {
         for r in reqs {
             for e in &r.events {
                 if !self.keys.contains_key(&e.key) {
-                    want_keys.insert(&e.key);
+                    match cache.get(id, &e.key) {
+                        Some(state) => {
+                            self.keys.insert(e.key.clone(), state);
+                        }
+                        None => {
+                            want_keys.insert(&e.key);
+                        }
+                    }
                 }
                 if let Some(eid) = &e.event_id
                     && !self.ids.contains_key(eid)
@@ -317,7 +497,10 @@ impl TopicDraft {
                 "key",
                 chunk,
             );
-            for row in qb.build().fetch_all(&mut *conn).await? {
+            // Not a prepared statement: PostgreSQL would settle on a generic
+            // plan made while the table was small (a scan of the whole table,
+            // which grows with every key) and keep it.
+            for row in qb.build().persistent(false).fetch_all(&mut *conn).await? {
                 let key: String = row.try_get("key")?;
                 let live = match (
                     row.try_get::<Option<i64>, _>("live_partition")?,
@@ -411,21 +594,32 @@ impl TopicDraft {
         if self.rows.is_empty() && self.dirty_heads.is_empty() {
             return Ok(());
         }
-        let id = self.id;
-        super::insert_events(conn, id, &self.rows, now_ms).await?;
-        let changed: Vec<(&String, &KeyState)> = self
+        let keys: Vec<(&String, &KeyState)> = self
             .keys
             .iter()
             .filter(|(_, s)| s.changed.is_some())
             .collect();
-        super::upsert_keys(conn, id, &changed).await?;
         let heads: Vec<(u32, u64)> = self
             .dirty_heads
             .iter()
             .map(|&p| (p, self.heads[p as usize]))
             .collect();
-        super::write_heads(conn, id, &self.name, self.last_txn, &heads).await?;
-        Ok(())
+        let write = TopicWrite {
+            topic_id: self.id,
+            topic: &self.name,
+            last_txn: self.last_txn,
+            now_ms,
+            rows: &self.rows,
+            keys: &keys,
+            heads: &heads,
+        };
+        super::write_topic(conn, &write).await
+    }
+
+    /// After commit: moves the draft's key states, now committed, into the
+    /// cache.
+    fn cache_keys(&mut self, cache: &mut KeyCache) {
+        cache.commit(self.id, self.last_txn, self.keys.drain());
     }
 
     /// After commit: makes the draft's effects visible to readers.
@@ -454,15 +648,18 @@ struct TopicMeta {
     name: String,
     partition_count: u32,
     created_at_ms: i64,
+    /// The registry's state of the topic, when it has one.
+    known: Option<Arc<TopicState>>,
 }
 
-impl From<&TopicState> for TopicMeta {
-    fn from(t: &TopicState) -> Self {
+impl From<&Arc<TopicState>> for TopicMeta {
+    fn from(t: &Arc<TopicState>) -> Self {
         TopicMeta {
             id: t.id,
             name: t.name.clone(),
             partition_count: t.partition_count,
             created_at_ms: t.created_at_ms,
+            known: Some(t.clone()),
         }
     }
 }
@@ -471,7 +668,7 @@ impl From<&TopicState> for TopicMeta {
 /// (another hub process may have created it).
 async fn find_topic(conn: &mut DbConn, topics: &Registry, name: &str) -> Result<Option<TopicMeta>> {
     if let Some(t) = topics.read().unwrap().get(name) {
-        return Ok(Some(TopicMeta::from(&**t)));
+        return Ok(Some(TopicMeta::from(t)));
     }
     let row: Option<(i64, i64, i64)> = sqlx::query_as(
         "SELECT topic_id, partition_count, created_at_ms FROM topics WHERE name = $1",
@@ -484,6 +681,7 @@ async fn find_topic(conn: &mut DbConn, topics: &Registry, name: &str) -> Result<
         name: name.to_owned(),
         partition_count: count as u32,
         created_at_ms: created,
+        known: None,
     }))
 }
 
@@ -602,7 +800,12 @@ impl Writer {
                     partitions,
                     reply,
                 } => {
-                    let r = self.create_topic(&topic, partitions).await;
+                    let r = loop {
+                        let r = self.prepare().create_topic(&topic, partitions).await;
+                        if !self.retry_begin(&r) {
+                            break r;
+                        }
+                    };
                     let _ = reply.send(r);
                 }
                 WriteRequest::Invalidate {
@@ -611,15 +814,59 @@ impl Writer {
                     reason,
                     reply,
                 } => {
-                    let r = self.invalidate(&topic, transaction_id, &reason).await;
+                    let r = loop {
+                        let r = self
+                            .prepare()
+                            .invalidate(&topic, transaction_id, &reason)
+                            .await;
+                        if !self.retry_begin(&r) {
+                            break r;
+                        }
+                    };
+                    // The invalidated transaction's keys fall back to
+                    // earlier events.
+                    self.key_cache.clear();
                     let _ = reply.send(r);
                 }
             }
         }
     }
 
+    /// Resets the per-request state before a request's transaction.
+    fn prepare(&mut self) -> &mut Self {
+        self.kept = self.conn.is_some();
+        self.began = false;
+        self
+    }
+
+    /// After a request: whether it failed at BEGIN on a connection kept
+    /// from an earlier transaction, which the database dropped since (it
+    /// restarted, say). Nothing was sent, so the request may run again on a
+    /// new connection; that one is not kept from before, so this happens
+    /// at most once. A connection that saw the database unavailable is
+    /// never kept.
+    fn retry_begin<T>(&mut self, result: &Result<T>) -> bool {
+        match result {
+            Err(e) if e.is_unavailable() => {
+                self.conn = None;
+                self.kept && !self.began
+            }
+            _ => false,
+        }
+    }
+
     async fn append_batch(&mut self, batch: Vec<AppendReq>) {
-        match self.try_append_batch(&batch).await {
+        let result = loop {
+            let r = self.prepare().try_append_batch(&batch).await;
+            if !self.retry_begin(&r) {
+                break r;
+            }
+        };
+        if result.is_err() {
+            // Whatever happened to the transaction, trust only the database.
+            self.key_cache.clear();
+        }
+        match result {
             Ok(replies) => {
                 for (req, r) in batch.into_iter().zip(replies) {
                     let _ = req.reply.send(r);
@@ -648,7 +895,8 @@ impl Writer {
     /// committed; inner errors are per-append rejections.
     async fn try_append_batch(&mut self, batch: &[AppendReq]) -> Result<Vec<Result<AppendReply>>> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin(&mut self.conn, &self.pool).await?;
+        self.began = true;
         // Topics are locked in name order, so that two hub processes
         // appending to the same topics cannot deadlock.
         let names: BTreeSet<&str> = batch.iter().map(|r| r.topic.as_str()).collect();
@@ -665,6 +913,7 @@ impl Writer {
                         name: name.to_owned(),
                         partition_count: n,
                         created_at_ms: now,
+                        known: None,
                     });
                 } else {
                     // Created meanwhile by another hub process.
@@ -672,13 +921,14 @@ impl Writer {
                 }
             }
             if let Some(meta) = meta {
-                drafts.insert(name, TopicDraft::lock(&mut tx, &meta, created).await?);
+                let draft = TopicDraft::lock(&mut tx, &meta, created, &mut self.key_cache).await?;
+                drafts.insert(name, draft);
             }
         }
         for (name, draft) in drafts.iter_mut() {
             let reqs: Vec<&AppendReq> =
                 batch.iter().filter(|r| r.topic.as_str() == *name).collect();
-            draft.prefetch(&mut tx, &reqs).await?;
+            draft.prefetch(&mut tx, &reqs, &mut self.key_cache).await?;
         }
         let mut replies = Vec::with_capacity(batch.len());
         for req in batch {
@@ -700,9 +950,12 @@ impl Writer {
             }
         }
         tx.commit().await?;
-        for draft in drafts.values() {
+        for draft in drafts.values_mut() {
             if !draft.rows.is_empty() {
                 draft.publish(&self.topics);
+            }
+            if !(draft.created && draft.rows.is_empty()) {
+                draft.cache_keys(&mut self.key_cache);
             }
         }
         Ok(replies)
@@ -713,7 +966,8 @@ impl Writer {
         topic: &TopicName,
         partitions: u32,
     ) -> Result<(Arc<TopicState>, bool)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin(&mut self.conn, &self.pool).await?;
+        self.began = true;
         let name = topic.as_str();
         let created = match find_topic(&mut tx, &self.topics, name).await? {
             Some(_) => None,
@@ -749,11 +1003,12 @@ impl Writer {
         transaction: u64,
         reason: &str,
     ) -> Result<InvalidateReply> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin(&mut self.conn, &self.pool).await?;
+        self.began = true;
         let Some(state) = find_topic(&mut tx, &self.topics, topic.as_str()).await? else {
             return Err(HubError::topic_not_found(topic.as_str()));
         };
-        let mut draft = TopicDraft::lock(&mut tx, &state, false).await?;
+        let mut draft = TopicDraft::lock(&mut tx, &state, false, &mut self.key_cache).await?;
         let last = draft.last_txn;
         let not_found = || {
             HubError::NotFound(format!(
