@@ -223,7 +223,7 @@ pub(super) struct PendingEvent {
 pub(super) struct TopicWrite<'a> {
     pub(super) topic_id: i64,
     /// Named in PostgreSQL's notification; SQLite has none.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[allow(dead_code)]
     pub(super) topic: &'a str,
     pub(super) last_txn: u64,
     pub(super) now_ms: i64,
