@@ -25,7 +25,7 @@ use sqlx::sqlite::{
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use writer::TopicWrite;
+use writer::{CHUNK, TopicWrite};
 
 type Db = sqlx::Sqlite;
 type DbConn = sqlx::SqliteConnection;
@@ -90,9 +90,6 @@ fn select_in<'a>(select: &str, id: i64, column: &str, values: &[&'a str]) -> Que
     qb.push(")");
     qb
 }
-
-/// Rows per multi-row statement (SQLite allows 32,766 bound values).
-const CHUNK: usize = 1000;
 
 /// Writes a topic's events, keys, heads and last transaction with
 /// multi-row statements sent together: sqlx runs them one after another on

@@ -47,42 +47,46 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH_APPENDS: usize = 1024;
 const MAX_BATCH_EVENTS: usize = 20_000;
 /// Rows per multi-row statement (SQLite allows 32,766 bound values).
-const CHUNK: usize = 1000;
-/// Most key states the sole writer keeps in memory (about 100 bytes each).
+pub(super) const CHUNK: usize = 1000;
+/// Most key states the writer keeps in memory, over all topics (about 100
+/// bytes each).
 const KEY_CACHE_KEYS: usize = 1 << 18;
 
 /// Committed key states, by topic and key, as of the last transaction this
 /// writer committed to each topic.
+#[derive(Default)]
 struct KeyCache {
-    entries: LruCache<(i64, String), CachedKey>,
     topics: HashMap<i64, CachedTopic>,
+    /// Entries over all topics.
+    len: usize,
+}
+
+struct CachedTopic {
+    /// Whether `entries` are current as of `last_txn`, the last transaction
+    /// this writer committed to the topic.
+    valid: bool,
+    last_txn: u64,
+    entries: LruCache<String, CachedKey>,
+}
+
+impl Default for CachedTopic {
+    fn default() -> Self {
+        CachedTopic {
+            valid: false,
+            last_txn: 0,
+            // Bounded over all topics by `KeyCache::commit`.
+            entries: LruCache::new_unbounded(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 struct CachedKey {
     version: u64,
     live: Option<Live>,
-    /// The topic's generation the entry belongs to.
-    generation: u64,
-}
-
-#[derive(Debug, Default)]
-struct CachedTopic {
-    /// Whether the topic's entries of `generation` are current as of
-    /// `last_txn`, the last transaction this writer committed to it.
-    valid: bool,
-    last_txn: u64,
-    generation: u64,
 }
 
 impl KeyCache {
-    fn new() -> Self {
-        KeyCache {
-            entries: LruCache::new(KEY_CACHE_KEYS),
-            topics: HashMap::new(),
-        }
-    }
-
     /// Whether the topic's entries are current, now that its last
     /// transaction in the database is `last_txn`. If they are not (another
     /// process wrote to it, or this writer never did), they are dropped.
@@ -92,15 +96,15 @@ impl KeyCache {
             return true;
         }
         t.valid = false;
-        t.generation += 1;
+        self.len -= t.entries.len();
+        t.entries.clear();
         false
     }
 
     fn get(&mut self, topic: i64, key: &str) -> Option<KeyState> {
-        let t = self.topics.get(&topic).filter(|t| t.valid)?;
-        let generation = t.generation;
-        let k = self.entries.get(&(topic, key.to_owned()))?;
-        (k.generation == generation).then_some(KeyState {
+        let t = self.topics.get_mut(&topic).filter(|t| t.valid)?;
+        let k = t.entries.get(key)?;
+        Some(KeyState {
             version: k.version,
             live: k.live,
             changed: None,
@@ -108,7 +112,8 @@ impl KeyCache {
     }
 
     /// After a commit that left the topic's last transaction at `last_txn`:
-    /// `keys` are the states of keys as of it.
+    /// `keys` are the states of keys as of it. Beyond `KEY_CACHE_KEYS`, the
+    /// topic's least recently used keys make room.
     fn commit(
         &mut self,
         topic: i64,
@@ -118,20 +123,22 @@ impl KeyCache {
         let t = self.topics.entry(topic).or_default();
         t.valid = true;
         t.last_txn = last_txn;
-        let generation = t.generation;
         for (key, s) in keys {
             let k = CachedKey {
                 version: s.version,
                 live: s.live,
-                generation,
             };
-            self.entries.insert((topic, key), k);
+            if t.entries.insert(key, k).is_none() {
+                self.len += 1;
+            }
+            if self.len > KEY_CACHE_KEYS && t.entries.remove_lru().is_some() {
+                self.len -= 1;
+            }
         }
     }
 
     fn clear(&mut self) {
-        self.entries.clear();
-        self.topics.clear();
+        *self = KeyCache::default();
     }
 }
 
@@ -164,7 +171,7 @@ pub(crate) async fn run(
         began: false,
         topics,
         config,
-        key_cache: KeyCache::new(),
+        key_cache: KeyCache::default(),
     }
     .run(rx)
     .await
