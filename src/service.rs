@@ -71,13 +71,7 @@ impl Hub {
 
     /// Turns rows into API events, marking invalidated transactions.
     async fn events(&self, topic: &TopicState, rows: Vec<EventRow>) -> Result<Vec<proto::Event>> {
-        let invalid = match (
-            rows.iter().map(|r| r.transaction_id).min(),
-            rows.iter().map(|r| r.transaction_id).max(),
-        ) {
-            (Some(lo), Some(hi)) => self.store.invalidated_between(topic, lo, hi).await?,
-            _ => HashSet::new(),
-        };
+        let invalid = self.store.invalidated_in(topic, &rows).await?;
         Ok(rows
             .into_iter()
             .map(|r| to_event(&topic.name, r, &invalid))
@@ -222,18 +216,20 @@ impl Hub {
         loop {
             let head = *heads.borrow_and_update();
             if head > pos {
-                let mut rows = self
+                let mut read = self
                     .store
-                    .read_partition(&a.topic, a.partition, pos, head, a.page, &a.types)
+                    .read_page(&a.topic, a.partition, pos, head, a.page, &a.types)
                     .await?;
-                let cut = fit(&mut rows);
-                // A full page ends at its last event; a short one means
-                // everything up to `head` was scanned.
-                pos = match rows.last() {
-                    Some(last) if cut || rows.len() == a.page => last.sequence,
-                    _ => head,
+                let cut = fit(&mut read.rows);
+                pos = match read.rows.last() {
+                    Some(last) if cut => last.sequence,
+                    _ => read.scanned,
                 };
-                let events = self.events(&a.topic, rows).await?;
+                let events: Vec<proto::Event> = read
+                    .rows
+                    .into_iter()
+                    .map(|r| to_event(&a.topic.name, r, &read.invalidated))
+                    .collect();
                 let caught_up = pos >= a.topic.head(a.partition);
                 if events.is_empty() && !caught_up {
                     continue;

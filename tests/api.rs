@@ -873,3 +873,110 @@ async fn surface_as_of_matches_replay() {
         }
     }
 }
+
+/// A follower of a partition with a type filter and small pages gets the
+/// events committed while it follows (served from the hub's memory) in
+/// order, each once, with cursors that resume exactly after them.
+#[tokio::test]
+async fn follower_pages_filter_and_resume() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
+    hub.append("f", vec![ev("k", "A", "0")]).await;
+    let mut stream = hub
+        .client()
+        .read_partition(ReadPartitionRequest {
+            topic: "f".into(),
+            cursor: "_last".into(),
+            follow: true,
+            max_events: 3,
+            types: vec!["A".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ty = |i: usize| if i.is_multiple_of(2) { "A" } else { "B" };
+    let appended = hub
+        .append(
+            "f",
+            (1..=20).map(|i| ev("k", ty(i), &i.to_string())).collect(),
+        )
+        .await;
+    let head = appended.results.last().unwrap().cursor.clone();
+    let mut got = Vec::new();
+    let mut cursor = String::new();
+    while cursor != head {
+        let page = stream.next().await.unwrap().unwrap();
+        assert!(page.events.len() <= 3, "pages hold at most max_events");
+        got.extend(
+            page.events
+                .iter()
+                .map(|e| String::from_utf8(e.payload.clone()).unwrap()),
+        );
+        if let Some(last) = page.events.last() {
+            assert!(page.cursor == last.cursor || page.cursor == head);
+        }
+        cursor = page.cursor;
+    }
+    let expected: Vec<String> = (1..=20usize)
+        .filter(|i| i.is_multiple_of(2))
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(got, expected);
+    // Resuming from a cursor in the middle gets exactly what follows it.
+    let (rest, end) = hub.read_all("f", 0, &appended.results[9].cursor).await;
+    assert_eq!(rest.len(), 10);
+    assert_eq!(rest[0].payload, b"11");
+    assert_eq!(end, head);
+}
+
+/// Events read while a partition is followed (from the hub's memory) are
+/// marked invalidated as soon as their transaction is.
+#[tokio::test]
+async fn invalidation_reaches_events_read_while_followed() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
+    hub.append("iv", vec![ev("k", "Set", "first")]).await;
+    let mut follower = hub
+        .client()
+        .read_partition(ReadPartitionRequest {
+            topic: "iv".into(),
+            cursor: "_last".into(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let good = hub.append("iv", vec![ev("k", "Set", "good")]).await;
+    let bad = hub.append("iv", vec![ev("k", "Set", "bad")]).await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.extend(follower.next().await.unwrap().unwrap().events);
+    }
+    assert!(seen.iter().all(|e| !e.transaction_invalidated));
+    let after_good = good.results[0].cursor.clone();
+    let (before, _) = hub.read_all("iv", 0, &after_good).await;
+    assert!(!before[0].transaction_invalidated);
+    hub.client()
+        .invalidate(proto::InvalidateRequest {
+            topic: "iv".into(),
+            transaction_id: bad.transaction_id,
+            reason: "wrong".into(),
+        })
+        .await
+        .unwrap();
+    let (after, _) = hub.read_all("iv", 0, &after_good).await;
+    assert_eq!(after.len(), 2);
+    assert_eq!(after[0].payload, b"bad");
+    assert!(after[0].transaction_invalidated);
+    assert_eq!(after[1].r#type, "$invalidation");
+    let marker = loop {
+        let page = follower.next().await.unwrap().unwrap();
+        if let Some(e) = page.events.into_iter().next() {
+            break e;
+        }
+    };
+    assert_eq!(
+        marker.invalidation.unwrap().transaction_id,
+        bad.transaction_id
+    );
+}

@@ -176,6 +176,51 @@ async fn key_versions_and_heads_across_processes() {
     }
 }
 
+/// Events a hub keeps in memory for its followers are marked invalidated
+/// once another hub process invalidated their transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_by_another_process_reaches_followed_events() {
+    let Some((a, b, _)) = two_hubs(1).await else {
+        return;
+    };
+    append(&mut a.client.clone(), "iv", vec![ev("k", "Set", "first")]).await;
+    let mut stream = follow(&a.client, "iv", 0).await;
+    let mut buffered = Default::default();
+    assert_eq!(
+        next_event(&mut stream, &mut buffered).await.payload,
+        b"first"
+    );
+    let good = append(&mut a.client.clone(), "iv", vec![ev("k", "Set", "good")]).await;
+    let bad = append(&mut a.client.clone(), "iv", vec![ev("k", "Set", "bad")]).await;
+    for payload in [&b"good"[..], b"bad"] {
+        let e = next_event(&mut stream, &mut buffered).await;
+        assert_eq!(e.payload, payload);
+        assert!(!e.transaction_invalidated);
+    }
+    b.client
+        .clone()
+        .invalidate(eventhub::proto::InvalidateRequest {
+            topic: "iv".into(),
+            transaction_id: bad.transaction_id,
+            reason: "wrong".into(),
+        })
+        .await
+        .unwrap();
+    // Hub A has seen the invalidation once its follower gets the marker.
+    let marker = next_event(&mut stream, &mut buffered).await;
+    assert_eq!(
+        marker.invalidation.unwrap().transaction_id,
+        bad.transaction_id
+    );
+    let (events, _) = read_all(&mut a.client.clone(), "iv", 0, &good.results[0].cursor).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].payload, b"bad");
+    assert!(
+        events[0].transaction_invalidated,
+        "hub A served the invalidated event as valid"
+    );
+}
+
 /// The notification connections are killed: hubs reconnect by themselves and followers keep receiving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_connection_loss_is_recovered() {

@@ -13,6 +13,14 @@
 //! reader is woken by the commit itself rather than by polling. The local
 //! writer publishes its own commits; on PostgreSQL, commits of other hub
 //! processes arrive by LISTEN/NOTIFY (see [`postgres`]).
+//!
+//! Partitions that someone is reading also keep their latest committed
+//! events in memory ([`TopicState`]'s tails), put there by the local writer
+//! before it moves the heads, so that a follower woken by a commit gets the
+//! new events without a query. A tail holds only events this process
+//! committed, one contiguous run per partition; it is dropped whenever the
+//! topic learns of a transaction committed elsewhere (which may have
+//! invalidated one of them) and when a transaction is invalidated here.
 
 mod postgres;
 mod sqlite;
@@ -20,9 +28,9 @@ mod sqlite;
 use crate::config::Config;
 use crate::error::{HubError, Result};
 use crate::validate::{Content, NewEvent, TopicName};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Where a stored event is.
@@ -66,6 +74,62 @@ pub struct TopicState {
     /// Per partition, the last committed sequence known to this process;
     /// only grows, and readers subscribe to wait for it.
     pub heads: Vec<watch::Sender<u64>>,
+    /// The transaction this process's writer is committing or committed
+    /// last: a head notification bringing it is not news from elsewhere.
+    local_transaction_id: AtomicU64,
+    /// Per partition, the latest events this process committed, while the
+    /// partition has readers.
+    tails: Vec<Mutex<Tail>>,
+}
+
+/// Most events a partition's tail keeps.
+const TAIL_EVENTS: usize = 1024;
+/// Most bytes (as [`EventRow::size`] counts them) a partition's tail keeps.
+const TAIL_BYTES: usize = 256 << 10;
+
+/// A contiguous run of a partition's latest committed events: `events[i]`
+/// has sequence `first + i`.
+#[derive(Debug, Default)]
+struct Tail {
+    first: u64,
+    events: VecDeque<EventRow>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn clear(&mut self) {
+        self.events.clear();
+        self.bytes = 0;
+    }
+
+    fn push(&mut self, row: EventRow) {
+        if self.first + self.events.len() as u64 != row.sequence {
+            self.clear();
+            self.first = row.sequence;
+        }
+        self.bytes += row.size();
+        self.events.push_back(row);
+        while self.events.len() > TAIL_EVENTS || self.bytes > TAIL_BYTES {
+            let old = self
+                .events
+                .pop_front()
+                .expect("not empty while over a bound");
+            self.bytes -= old.size();
+            self.first += 1;
+        }
+    }
+}
+
+/// One page of a partition, read by [`Store::read_page`].
+#[derive(Debug)]
+pub struct PartitionPage {
+    /// Events in sequence order.
+    pub rows: Vec<EventRow>,
+    /// The transactions of `rows` that are invalidated.
+    pub invalidated: HashSet<u64>,
+    /// Every event up to this sequence that the read asked for is in
+    /// `rows` (or came before `after`).
+    pub scanned: u64,
 }
 
 impl TopicState {
@@ -304,14 +368,47 @@ impl Store {
         reads!(self, r => r.read_partition(topic, partition, after, upto, limit, types).await)
     }
 
-    /// Which of the transactions in `min..=max` are invalidated.
-    pub async fn invalidated_between(
+    /// The transactions of `rows` that are invalidated.
+    pub async fn invalidated_in(
         &self,
         topic: &TopicState,
-        min: u64,
-        max: u64,
+        rows: &[EventRow],
     ) -> Result<HashSet<u64>> {
-        reads!(self, r => r.invalidated_between(topic, min, max).await)
+        let txns = rows.iter().map(|r| r.transaction_id);
+        match (txns.clone().min(), txns.max()) {
+            (Some(lo), Some(hi)) => reads!(self, r => r.invalidated_between(topic, lo, hi).await),
+            _ => Ok(HashSet::new()),
+        }
+    }
+
+    /// One page of a partition: like [`Store::read_partition`], with the
+    /// page's invalidated transactions, served from the partition's tail in
+    /// memory when it holds the events after `after`.
+    pub async fn read_page(
+        &self,
+        topic: &TopicState,
+        partition: u32,
+        after: u64,
+        upto: u64,
+        limit: usize,
+        types: &[String],
+    ) -> Result<PartitionPage> {
+        if let Some(page) = topic.tail_page(partition, after, upto, limit, types) {
+            return Ok(page);
+        }
+        let rows = self
+            .read_partition(topic, partition, after, upto, limit, types)
+            .await?;
+        let scanned = match rows.last() {
+            Some(last) if rows.len() == limit => last.sequence,
+            _ => upto,
+        };
+        let invalidated = self.invalidated_in(topic, &rows).await?;
+        Ok(PartitionPage {
+            rows,
+            invalidated,
+            scanned,
+        })
     }
 
     /// The topic's last transaction and partition heads, consistently.
@@ -365,21 +462,28 @@ impl Store {
 /// The registry's state for `row`: the one already there, or a new one.
 /// Either way it is advanced to the heads in `row`.
 pub(crate) fn adopt(topics: &Registry, row: &TopicRow) -> Arc<TopicState> {
-    let state = {
-        let mut map = topics.write().unwrap();
-        map.entry(row.name.clone())
-            .or_insert_with(|| {
-                Arc::new(TopicState::new(
-                    row.id,
-                    row.name.clone(),
-                    row.partition_count,
-                    row.created_at_ms,
-                ))
-            })
-            .clone()
-    };
+    let state = registered(topics, row);
     state.advance(row.last_transaction_id, row.heads.iter().copied());
     state
+}
+
+/// The registry's state for `row`'s topic: the one already there, or a
+/// new one at no heads.
+pub(crate) fn registered(topics: &Registry, row: &TopicRow) -> Arc<TopicState> {
+    if let Some(state) = topics.read().unwrap().get(&row.name) {
+        return state.clone();
+    }
+    let mut map = topics.write().unwrap();
+    map.entry(row.name.clone())
+        .or_insert_with(|| {
+            Arc::new(TopicState::new(
+                row.id,
+                row.name.clone(),
+                row.partition_count,
+                row.created_at_ms,
+            ))
+        })
+        .clone()
 }
 
 impl TopicState {
@@ -391,6 +495,8 @@ impl TopicState {
             created_at_ms,
             last_transaction_id: AtomicU64::new(0),
             heads: (0..partition_count).map(|_| watch::channel(0).0).collect(),
+            local_transaction_id: AtomicU64::new(0),
+            tails: (0..partition_count).map(|_| Mutex::default()).collect(),
         }
     }
 
@@ -399,12 +505,20 @@ impl TopicState {
     }
 
     /// Moves the last transaction and the given partition heads forward
-    /// (never back), waking the readers of every partition that moved.
+    /// (never back), waking the readers of every partition that moved. When
+    /// this brings a transaction that this process's writer did not commit,
+    /// the tails are dropped first: that transaction may have invalidated
+    /// one of theirs.
     pub(crate) fn advance(
         &self,
         last_transaction: u64,
         heads: impl IntoIterator<Item = (u32, u64)>,
     ) {
+        if last_transaction > self.last_transaction()
+            && last_transaction != self.local_transaction_id.load(Ordering::Acquire)
+        {
+            self.forget_tails();
+        }
         self.last_transaction_id
             .fetch_max(last_transaction, Ordering::AcqRel);
         for (p, h) in heads {
@@ -418,5 +532,77 @@ impl TopicState {
                 });
             }
         }
+    }
+}
+
+impl TopicState {
+    /// Called by this process's writer before it commits `transaction`, so
+    /// that its own head notification is not taken for news from elsewhere.
+    pub(crate) fn committing(&self, transaction: u64) {
+        self.local_transaction_id
+            .store(transaction, Ordering::Release);
+    }
+
+    /// Called by this process's writer after it committed `transaction`
+    /// (announced with [`TopicState::committing`]) and before it advances
+    /// the heads: keeps the new events of partitions that have readers.
+    pub(crate) fn remember(&self, rows: impl IntoIterator<Item = EventRow>) {
+        for row in rows {
+            let p = row.partition as usize;
+            let (Some(tail), Some(head)) = (self.tails.get(p), self.heads.get(p)) else {
+                continue;
+            };
+            let mut tail = tail.lock().unwrap();
+            if head.receiver_count() == 0 {
+                tail.clear();
+            } else {
+                tail.push(row);
+            }
+        }
+    }
+
+    /// Drops every partition's tail (the next reads go to the database).
+    pub(crate) fn forget_tails(&self) {
+        for tail in &self.tails {
+            tail.lock().unwrap().clear();
+        }
+    }
+
+    /// The events with `after < sequence <= upto` (at most `limit`, only of
+    /// `types` when not empty) from the partition's tail, if it holds the
+    /// event after `after`.
+    fn tail_page(
+        &self,
+        partition: u32,
+        after: u64,
+        upto: u64,
+        limit: usize,
+        types: &[String],
+    ) -> Option<PartitionPage> {
+        let tail = self.tails.get(partition as usize)?.lock().unwrap();
+        let skip = after.checked_add(1)?.checked_sub(tail.first)? as usize;
+        if skip >= tail.events.len() {
+            return None;
+        }
+        let last = tail.first + tail.events.len() as u64 - 1;
+        let mut scanned = upto.min(last);
+        let mut rows = Vec::new();
+        for row in tail.events.iter().skip(skip) {
+            if row.sequence > scanned {
+                break;
+            }
+            if types.is_empty() || types.contains(&row.content.event_type) {
+                rows.push(row.clone());
+                if rows.len() == limit {
+                    scanned = row.sequence;
+                    break;
+                }
+            }
+        }
+        Some(PartitionPage {
+            rows,
+            invalidated: HashSet::new(),
+            scanned,
+        })
     }
 }

@@ -32,8 +32,8 @@ use super::{Db, DbConn, dialect};
 use crate::config::Config;
 use crate::error::{HubError, Result};
 use crate::store::{
-    AppendOutcome, AppendReply, InvalidateReply, Registry, StoredPos, TopicRow, TopicState,
-    WriteRequest, adopt,
+    AppendOutcome, AppendReply, EventRow, InvalidateReply, Registry, StoredPos, TopicRow,
+    TopicState, WriteRequest, adopt, registered,
 };
 use crate::validate::{Content, INVALIDATION_TYPE, NewEvent, TopicName, partition_for};
 use hashlink::LruCache;
@@ -245,6 +245,8 @@ pub(super) struct TopicWrite<'a> {
 /// One topic's state during a batch: what the database holds plus what the
 /// batch's accepted appends did.
 struct TopicDraft {
+    /// The registry's state of the topic, when it had one at the start.
+    known: Option<Arc<TopicState>>,
     id: i64,
     /// Whether this transaction inserted the topic (an auto-created topic
     /// whose appends were all rejected is removed again before commit).
@@ -295,6 +297,11 @@ impl TopicDraft {
                     // whose heads it published.
                     Some(state) if current => (last_txn, registry_heads(state)),
                     _ => {
+                        if let Some(state) = known {
+                            // Another process committed since: it may have
+                            // invalidated events the tails hold.
+                            state.forget_tails();
+                        }
                         let rows: Vec<(i64, i64)> = sqlx::query_as(
                             "SELECT partition, head_sequence FROM partitions WHERE topic_id = $1",
                         )
@@ -311,6 +318,7 @@ impl TopicDraft {
             }
         };
         Ok(TopicDraft {
+            known: meta.known.clone(),
             id: meta.id,
             created,
             name: meta.name.clone(),
@@ -629,23 +637,53 @@ impl TopicDraft {
         cache.commit(self.id, self.last_txn, self.keys.drain());
     }
 
-    /// After commit: makes the draft's effects visible to readers.
-    fn publish(&self, topics: &Registry) -> Arc<TopicState> {
-        adopt(
-            topics,
-            &TopicRow {
-                id: self.id,
-                name: self.name.clone(),
-                partition_count: self.partition_count,
-                created_at_ms: self.created_at_ms,
-                last_transaction_id: self.last_txn,
-                heads: self
-                    .dirty_heads
-                    .iter()
-                    .map(|&p| (p, self.heads[p as usize]))
-                    .collect(),
-            },
-        )
+    /// Before commit: tells the registry which transaction is this
+    /// process's own (see `TopicState::committing`).
+    fn committing(&self) {
+        if let Some(state) = &self.known {
+            state.committing(self.last_txn);
+        }
+    }
+
+    /// After a failed commit: whether or not it happened, it is not known
+    /// as this process's own.
+    fn not_committed(&self) {
+        if let Some(state) = &self.known {
+            state.committing(0);
+            state.forget_tails();
+        }
+    }
+
+    /// After commit: makes the draft's effects visible to readers, handing
+    /// its new events (committed at `now_ms`) to the partitions' tails
+    /// before the heads move.
+    fn publish(&mut self, topics: &Registry, now_ms: i64) {
+        let row = TopicRow {
+            id: self.id,
+            name: self.name.clone(),
+            partition_count: self.partition_count,
+            created_at_ms: self.created_at_ms,
+            last_transaction_id: self.last_txn,
+            heads: self
+                .dirty_heads
+                .iter()
+                .map(|&p| (p, self.heads[p as usize]))
+                .collect(),
+        };
+        let state = registered(topics, &row);
+        state.committing(self.last_txn);
+        state.remember(self.rows.drain(..).map(|e| EventRow {
+            partition: e.partition,
+            sequence: e.sequence,
+            transaction_id: e.transaction_id,
+            key: e.key,
+            key_version: e.key_version,
+            event_id: e.event_id,
+            content: e.content,
+            committed_at_ms: now_ms,
+            invalidates: e.invalidates,
+        }));
+        state.advance(row.last_transaction_id, row.heads.iter().copied());
     }
 }
 
@@ -956,13 +994,21 @@ impl Writer {
                 draft.flush(&mut tx, now).await?;
             }
         }
-        tx.commit().await?;
-        for draft in drafts.values_mut() {
+        for draft in drafts.values() {
             if !draft.rows.is_empty() {
-                draft.publish(&self.topics);
+                draft.committing();
             }
+        }
+        if let Err(e) = tx.commit().await {
+            drafts.values().for_each(TopicDraft::not_committed);
+            return Err(e.into());
+        }
+        for draft in drafts.values_mut() {
             if !(draft.created && draft.rows.is_empty()) {
                 draft.cache_keys(&mut self.key_cache);
+            }
+            if !draft.rows.is_empty() {
+                draft.publish(&self.topics, now);
             }
         }
         Ok(replies)
@@ -1157,8 +1203,16 @@ impl Writer {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
-        draft.publish(&self.topics);
+        draft.committing();
+        if let Err(e) = tx.commit().await {
+            draft.not_committed();
+            return Err(e.into());
+        }
+        // The tails hold the invalidated events as valid.
+        if let Some(state) = &draft.known {
+            state.forget_tails();
+        }
+        draft.publish(&self.topics, now);
         Ok(InvalidateReply {
             marker_transaction_id: marker_txn,
             markers,
