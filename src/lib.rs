@@ -11,7 +11,8 @@
 //! - [`error`]: [`error::HubError`], the one error type, and its mapping to gRPC statuses.
 //! - [`validate`]: checks at the edge (topic names, events, keys) and the partition hash.
 //! - [`cursor`]: encoding and checking cursors.
-//! - [`store`]: storage: topic registry, reads, and the group-committing writer task,
+//! - [`store`]: storage: topic registry (heads, and the latest events of followed partitions),
+//!   reads, and the group-committing writer task,
 //!   written once in `store/backend/` and compiled for SQLite (`store/sqlite.rs`)
 //!   and PostgreSQL (`store/postgres.rs`, with LISTEN/NOTIFY between hub processes).
 //! - [`service`]: the gRPC handlers of `EventHubService`.
