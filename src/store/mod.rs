@@ -354,20 +354,6 @@ impl Store {
         .await
     }
 
-    /// Events of one partition with `after < sequence <= upto`, at most
-    /// `limit`, only of `types` when not empty.
-    pub async fn read_partition(
-        &self,
-        topic: &TopicState,
-        partition: u32,
-        after: u64,
-        upto: u64,
-        limit: usize,
-        types: &[String],
-    ) -> Result<Vec<EventRow>> {
-        reads!(self, r => r.read_partition(topic, partition, after, upto, limit, types).await)
-    }
-
     /// The transactions of `rows` that are invalidated.
     pub async fn invalidated_in(
         &self,
@@ -381,9 +367,10 @@ impl Store {
         }
     }
 
-    /// One page of a partition: like [`Store::read_partition`], with the
-    /// page's invalidated transactions, served from the partition's tail in
-    /// memory when it holds the events after `after`.
+    /// One page of a partition: its events with `after < sequence <= upto`,
+    /// at most `limit`, only of `types` when not empty, with the page's
+    /// invalidated transactions; served from the partition's tail in memory
+    /// when it holds the event after `after`, else read from the database.
     pub async fn read_page(
         &self,
         topic: &TopicState,
@@ -396,9 +383,8 @@ impl Store {
         if let Some(page) = topic.tail_page(partition, after, upto, limit, types) {
             return Ok(page);
         }
-        let rows = self
-            .read_partition(topic, partition, after, upto, limit, types)
-            .await?;
+        let rows =
+            reads!(self, r => r.read_partition(topic, partition, after, upto, limit, types).await)?;
         let scanned = match rows.last() {
             Some(last) if rows.len() == limit => last.sequence,
             _ => upto,
