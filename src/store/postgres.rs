@@ -89,7 +89,7 @@ pub(crate) async fn open(
     reads.adopt_all(&topics).await?;
     // The writer runs until the store is dropped; the listener stops with it.
     let (stopped_tx, stopped) = oneshot::channel::<()>();
-    let writer = writer::run(write, rx, topics.clone(), config.clone());
+    let writer = writer::run(write, rx, topics.clone(), config.clone(), None);
     tokio::spawn(async move {
         writer.await;
         drop(stopped_tx);

@@ -24,7 +24,7 @@ use sqlx::sqlite::{
 };
 use std::str::FromStr;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use writer::{CHUNK, TopicWrite};
 
 type Db = sqlx::Sqlite;
@@ -63,9 +63,14 @@ pub(crate) async fn open(
     let write = SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(1)
-        .connect_with(options.clone())
+        .connect_with(
+            options
+                .clone()
+                .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string()),
+        )
         .await?;
     sqlx::migrate!("migrations/sqlite").run(&write).await?;
+    let checkpointer = options.clone().connect().await?;
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
         .min_connections(1)
@@ -73,8 +78,37 @@ pub(crate) async fn open(
         .await?;
     let reads = Reads { pool };
     reads.adopt_all(&topics).await?;
-    tokio::spawn(writer::run(write, rx, topics, config.clone()));
+    let (wrote, written) = watch::channel(());
+    tokio::spawn(writer::run(write, rx, topics, config.clone(), Some(wrote)));
+    tokio::spawn(checkpoints(checkpointer, written));
     Ok(reads)
+}
+
+/// WAL pages past which the writer checkpoints itself, after a commit: only
+/// when the background checkpoints fall that far behind.
+const WRITER_CHECKPOINT_PAGES: u32 = 8192;
+/// Least time between two background checkpoints.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Copies committed pages from the WAL into the database file on a
+/// connection of its own, after the writer wrote, at most every
+/// `CHECKPOINT_INTERVAL`, until the writer stops. A PASSIVE checkpoint does
+/// not block the writer, so no commit waits for the copying and its fsyncs
+/// (SQLite's default is to checkpoint in the commit that passes 1,000 WAL
+/// pages). The writer starts the WAL over at its next transaction if a
+/// checkpoint has copied all of it by then; under writes without pause
+/// that happens after its own checkpoint at `WRITER_CHECKPOINT_PAGES`,
+/// which finds little left to copy.
+async fn checkpoints(mut conn: sqlx::SqliteConnection, mut written: watch::Receiver<()>) {
+    while written.changed().await.is_ok() {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed; the writer checkpoints when the WAL passes {WRITER_CHECKPOINT_PAGES} pages");
+        }
+        tokio::time::sleep(CHECKPOINT_INTERVAL).await;
+    }
 }
 
 /// `<select> WHERE topic_id = <id> AND <column> IN (<values>)`.

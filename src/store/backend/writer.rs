@@ -41,7 +41,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Connection, Pool, QueryBuilder, Row, Transaction};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most appends and events group-committed in one transaction.
 const MAX_BATCH_APPENDS: usize = 1024;
@@ -157,15 +157,18 @@ async fn begin<'c>(
 
 /// The writer task: runs until every sender of `rx` is gone. `pool` is the
 /// writer's own; one connection is enough, since the task writes one
-/// transaction at a time.
+/// transaction at a time. `wrote`, when given, is marked after every
+/// request the writer handled (SQLite's checkpointer waits on it).
 pub(crate) async fn run(
     pool: Pool<Db>,
     rx: mpsc::Receiver<WriteRequest>,
     topics: Registry,
     config: Config,
+    wrote: Option<watch::Sender<()>>,
 ) {
     Writer {
         pool,
+        wrote,
         conn: None,
         kept: false,
         began: false,
@@ -179,6 +182,7 @@ pub(crate) async fn run(
 
 struct Writer {
     pool: Pool<Db>,
+    wrote: Option<watch::Sender<()>>,
     /// The connection the writer keeps between transactions (see `begin`).
     conn: Option<PoolConnection<Db>>,
     /// Whether the current request started on a kept connection, and
@@ -873,6 +877,9 @@ impl Writer {
                     self.key_cache.clear();
                     let _ = reply.send(r);
                 }
+            }
+            if let Some(wrote) = &self.wrote {
+                wrote.send_replace(());
             }
         }
     }
