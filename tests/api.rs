@@ -980,3 +980,59 @@ async fn invalidation_reaches_events_read_while_followed() {
         bad.transaction_id
     );
 }
+
+/// A batch the database refuses midway (a trigger raises on one key)
+/// stores nothing of it, takes no transaction id or sequence, and the hub
+/// goes on appending on the same database.
+#[tokio::test]
+async fn append_refused_by_the_database_stores_nothing() {
+    use sqlx::Connection;
+    let hub = spawn_hub().await;
+    let first = hub.append("refuse", vec![ev("a", "T", "1")]).await;
+    assert_eq!(first.transaction_id, 1);
+    if on_postgres() {
+        let mut db = sqlx::PgConnection::connect(&hub.database_url)
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.key = 'poison' THEN RAISE EXCEPTION 'refused by a test trigger'; END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON keys FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+        )
+        .execute(&mut db)
+        .await
+        .unwrap();
+    } else {
+        let mut db = sqlx::SqliteConnection::connect(&hub.database_url)
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON keys WHEN NEW.key = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END;",
+        )
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
+    let refused = hub
+        .append_err("refuse", vec![ev("b", "T", "2"), ev("poison", "T", "3")])
+        .await;
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("not stored"), "{refused:?}");
+    let next = hub.append("refuse", vec![ev("b", "T", "4")]).await;
+    assert_eq!(
+        next.transaction_id, 2,
+        "the refused batch took no transaction id"
+    );
+    assert_eq!(next.results[0].key_version, 1, "nor a version of key b");
+    let mut payloads = Vec::new();
+    for p in 0..4 {
+        let (events, _) = hub.read_all("refuse", p, "_first").await;
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.sequence, i as u64 + 1, "gapless sequences");
+            payloads.push(String::from_utf8(e.payload.clone()).unwrap());
+        }
+    }
+    payloads.sort();
+    assert_eq!(payloads, ["1", "4"]);
+}

@@ -29,6 +29,8 @@ pub struct TestHub {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     pub dir: tempfile::TempDir,
+    /// The hub's database, for tests that reach into it.
+    pub database_url: String,
 }
 
 pub async fn spawn_hub() -> TestHub {
@@ -100,6 +102,7 @@ pub async fn spawn_hub_with(configure: impl FnOnce(&mut Config)) -> TestHub {
     let mut config = Config::new(fresh_database_url(dir.path()).await);
     config.default_partitions = 4;
     configure(&mut config);
+    let database_url = config.database_url.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -113,6 +116,7 @@ pub async fn spawn_hub_with(configure: impl FnOnce(&mut Config)) -> TestHub {
         stop: Some(stop),
         task: Some(task),
         dir,
+        database_url,
     }
 }
 
