@@ -15,7 +15,11 @@ const MAX_KEY_BYTES: usize = 1024;
 
 /// 64-bit FNV-1a, the documented partitioning hash.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a64_extend(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+/// FNV-1a (64-bit) of what hashed to `h`, followed by `bytes`.
+pub fn fnv1a64_extend(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);

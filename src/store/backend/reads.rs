@@ -12,25 +12,27 @@ use std::collections::HashSet;
 pub(crate) const EVENT_COLUMNS: &str = "e.partition, e.sequence, e.transaction_id, e.key, e.key_version, e.event_id, \
      e.event_type, e.content_type, e.headers, e.payload, e.tombstone, e.committed_at_ms, e.invalidates";
 
-pub(crate) fn event_from_row(row: &DbRow) -> Result<EventRow> {
+/// The event in the `EVENT_COLUMNS` of `row`, which start at column
+/// `first`. Columns are taken by position: by name, each would cost a
+/// lookup, on the path of every event read.
+pub(crate) fn event_from_row(row: &DbRow, first: usize) -> Result<EventRow> {
+    let c = |i: usize| first + i;
     Ok(EventRow {
-        partition: row.try_get::<i64, _>("partition")? as u32,
-        sequence: row.try_get::<i64, _>("sequence")? as u64,
-        transaction_id: row.try_get::<i64, _>("transaction_id")? as u64,
-        key: row.try_get("key")?,
-        key_version: row.try_get::<i64, _>("key_version")? as u64,
-        event_id: row.try_get("event_id")?,
+        partition: row.try_get::<i64, _>(c(0))? as u32,
+        sequence: row.try_get::<i64, _>(c(1))? as u64,
+        transaction_id: row.try_get::<i64, _>(c(2))? as u64,
+        key: row.try_get(c(3))?,
+        key_version: row.try_get::<i64, _>(c(4))? as u64,
+        event_id: row.try_get(c(5))?,
         content: Content {
-            event_type: row.try_get("event_type")?,
-            content_type: row.try_get("content_type")?,
-            headers: row.try_get("headers")?,
-            payload: row.try_get("payload")?,
-            tombstone: row.try_get("tombstone")?,
+            event_type: row.try_get(c(6))?,
+            content_type: row.try_get(c(7))?,
+            headers: row.try_get(c(8))?,
+            payload: row.try_get(c(9))?,
+            tombstone: row.try_get(c(10))?,
         },
-        committed_at_ms: row.try_get("committed_at_ms")?,
-        invalidates: row
-            .try_get::<Option<i64>, _>("invalidates")?
-            .map(|t| t as u64),
+        committed_at_ms: row.try_get(c(11))?,
+        invalidates: row.try_get::<Option<i64>, _>(c(12))?.map(|t| t as u64),
     })
 }
 
@@ -141,7 +143,7 @@ impl Reads {
             q = q.bind(t);
         }
         let rows = q.fetch_all(&self.pool).await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(|r| event_from_row(r, 0)).collect()
     }
 
     pub(crate) async fn invalidated_between(
@@ -234,7 +236,8 @@ impl Reads {
         for row in &rows {
             let changed = row.try_get::<i64, _>("changed")? as u64;
             if changed <= as_of {
-                out.push(event_from_row(row)?);
+                // After surface_key and changed.
+                out.push(event_from_row(row, 2)?);
             } else {
                 let key: String = row.try_get("surface_key")?;
                 if let Some(e) = self.key_as_of(topic, &key, as_of).await?
@@ -267,7 +270,7 @@ impl Reads {
             .bind(as_of as i64)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(event_from_row).transpose()
+        row.as_ref().map(|r| event_from_row(r, 0)).transpose()
     }
 
     pub(crate) async fn key_version(&self, topic: &TopicState, key: &str) -> Result<u64> {
@@ -300,6 +303,6 @@ impl Reads {
             .bind(limit as i64)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(|r| event_from_row(r, 0)).collect()
     }
 }
