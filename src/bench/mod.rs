@@ -883,7 +883,9 @@ impl Dataset {
                     s.read_events
                 );
             }
-            Db::open(&fresh, 1, true).await
+            let direct = Db::open(&fresh, 1, true).await?;
+            direct.settle().await?;
+            Ok(direct)
         }
         .await;
         match loaded {
