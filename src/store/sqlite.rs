@@ -17,11 +17,11 @@ pub(crate) use reads::Reads;
 use crate::config::{Config, SqliteSync};
 use crate::error::Result;
 use crate::store::{Registry, WriteRequest};
-use sqlx::ConnectOptions;
 use sqlx::QueryBuilder;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -109,6 +109,7 @@ async fn checkpoints(mut conn: sqlx::SqliteConnection, mut written: watch::Recei
         }
         tokio::time::sleep(CHECKPOINT_INTERVAL).await;
     }
+    let _ = conn.close().await;
 }
 
 /// `<select> WHERE topic_id = <id> AND <column> IN (<values>)`.
