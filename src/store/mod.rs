@@ -490,6 +490,12 @@ impl TopicState {
         self.last_transaction_id.load(Ordering::Acquire)
     }
 
+    /// The last transaction this process's writer committed to the topic
+    /// (0 if none, or if its last commit failed).
+    pub fn local_transaction(&self) -> u64 {
+        self.local_transaction_id.load(Ordering::Acquire)
+    }
+
     /// Moves the last transaction and the given partition heads forward
     /// (never back), waking the readers of every partition that moved. When
     /// this brings a transaction that this process's writer did not commit,

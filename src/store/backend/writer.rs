@@ -298,8 +298,14 @@ impl TopicDraft {
                 let current = cache.check(meta.id, last_txn);
                 match known {
                     // Nobody else wrote since this writer's last commit,
-                    // whose heads it published.
-                    Some(state) if current => (last_txn, registry_heads(state)),
+                    // whose heads it published. (The key cache alone does
+                    // not say so: a transaction that only read, after
+                    // another process's commit, leaves it current too,
+                    // while the heads of that commit may not have reached
+                    // the registry yet.)
+                    Some(state) if current && state.local_transaction() == last_txn => {
+                        (last_txn, registry_heads(state))
+                    }
                     _ => {
                         if let Some(state) = known {
                             // Another process committed since: it may have
@@ -660,7 +666,11 @@ impl TopicDraft {
 
     /// After commit: makes the draft's effects visible to readers, handing
     /// its new events (committed at `now_ms`) to the partitions' tails
-    /// before the heads move.
+    /// before the heads move. Every partition's head is published, not
+    /// only those this transaction moved: heads read from the database may
+    /// include other processes' commits whose notifications have not
+    /// arrived yet, and the next transaction takes its heads from the
+    /// registry.
     fn publish(&mut self, topics: &Registry, now_ms: i64) {
         let row = TopicRow {
             id: self.id,
@@ -668,10 +678,8 @@ impl TopicDraft {
             partition_count: self.partition_count,
             created_at_ms: self.created_at_ms,
             last_transaction_id: self.last_txn,
-            heads: self
-                .dirty_heads
-                .iter()
-                .map(|&p| (p, self.heads[p as usize]))
+            heads: (0..self.partition_count)
+                .map(|p| (p, self.heads[p as usize]))
                 .collect(),
         };
         let state = registered(topics, &row);
