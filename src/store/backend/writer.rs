@@ -22,8 +22,10 @@
 // the keys it has not seen. The cache of a topic is used only while the
 // topic's last transaction in the database is the one this writer last
 // committed there: if another hub process wrote to the topic meanwhile,
-// the topic's entries are dropped. The same test lets the writer take the
-// heads from the registry instead of reading them. Where the writer task
+// the topic's entries are dropped. When, moreover, that last transaction
+// is one this process committed (it then published every partition's
+// head), the writer takes the heads from the registry instead of reading
+// them. Where the writer task
 // is the file's only writer (`dialect::SOLE_WRITER`, SQLite), it need not
 // read the topic's row at all.
 
