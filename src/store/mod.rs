@@ -507,7 +507,7 @@ impl TopicState {
         heads: impl IntoIterator<Item = (u32, u64)>,
     ) {
         if last_transaction > self.last_transaction()
-            && last_transaction != self.local_transaction_id.load(Ordering::Acquire)
+            && last_transaction != self.local_transaction()
         {
             self.forget_tails();
         }
