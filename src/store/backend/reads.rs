@@ -6,6 +6,7 @@ use super::{Db, DbRow};
 use crate::error::Result;
 use crate::store::{EventRow, Registry, Snapshot, TopicRow, TopicState, adopt};
 use crate::validate::Content;
+use futures::TryStreamExt;
 use sqlx::{Pool, Row};
 use std::collections::HashSet;
 
@@ -13,26 +14,31 @@ pub(crate) const EVENT_COLUMNS: &str = "e.partition, e.sequence, e.transaction_i
      e.event_type, e.content_type, e.headers, e.payload, e.tombstone, e.committed_at_ms, e.invalidates";
 
 /// The event in the `EVENT_COLUMNS` of `row`, which start at column
-/// `first`. Columns are taken by position: by name, each would cost a
-/// lookup, on the path of every event read.
+/// `first`. This is the path of every event read, so columns are taken by
+/// position (by name, each would cost a lookup) and without checking their
+/// declared types against the Rust ones, which the schema fixes: without
+/// the checks a catch-up read on PostgreSQL went from 0.60–0.63M to
+/// 0.65–0.71M events/s. A value that does not decode is still an error.
 pub(crate) fn event_from_row(row: &DbRow, first: usize) -> Result<EventRow> {
     let c = |i: usize| first + i;
     Ok(EventRow {
-        partition: row.try_get::<i64, _>(c(0))? as u32,
-        sequence: row.try_get::<i64, _>(c(1))? as u64,
-        transaction_id: row.try_get::<i64, _>(c(2))? as u64,
-        key: row.try_get(c(3))?,
-        key_version: row.try_get::<i64, _>(c(4))? as u64,
-        event_id: row.try_get(c(5))?,
+        partition: row.try_get_unchecked::<i64, _>(c(0))? as u32,
+        sequence: row.try_get_unchecked::<i64, _>(c(1))? as u64,
+        transaction_id: row.try_get_unchecked::<i64, _>(c(2))? as u64,
+        key: row.try_get_unchecked(c(3))?,
+        key_version: row.try_get_unchecked::<i64, _>(c(4))? as u64,
+        event_id: row.try_get_unchecked(c(5))?,
         content: Content {
-            event_type: row.try_get(c(6))?,
-            content_type: row.try_get(c(7))?,
-            headers: row.try_get(c(8))?,
-            payload: row.try_get(c(9))?,
-            tombstone: row.try_get(c(10))?,
+            event_type: row.try_get_unchecked(c(6))?,
+            content_type: row.try_get_unchecked(c(7))?,
+            headers: row.try_get_unchecked(c(8))?,
+            payload: row.try_get_unchecked(c(9))?,
+            tombstone: row.try_get_unchecked(c(10))?,
         },
-        committed_at_ms: row.try_get(c(11))?,
-        invalidates: row.try_get::<Option<i64>, _>(c(12))?.map(|t| t as u64),
+        committed_at_ms: row.try_get_unchecked(c(11))?,
+        invalidates: row
+            .try_get_unchecked::<Option<i64>, _>(c(12))?
+            .map(|t| t as u64),
     })
 }
 
@@ -142,8 +148,14 @@ impl Reads {
         for t in types {
             q = q.bind(t);
         }
-        let rows = q.fetch_all(&self.pool).await?;
-        rows.iter().map(|r| event_from_row(r, 0)).collect()
+        // Rows are decoded as they arrive, while the database sends the
+        // rest, rather than after the last one.
+        let mut rows = q.fetch(&self.pool);
+        let mut events = Vec::with_capacity(limit.min(1024));
+        while let Some(row) = rows.try_next().await? {
+            events.push(event_from_row(&row, 0)?);
+        }
+        Ok(events)
     }
 
     pub(crate) async fn invalidated_between(
