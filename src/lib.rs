@@ -14,7 +14,8 @@
 //! - [`store`]: storage: topic registry (heads, and the latest events of followed partitions),
 //!   reads, and the group-committing writer task,
 //!   written once in `store/backend/` and compiled for SQLite (`store/sqlite.rs`, with a background WAL checkpointer)
-//!   and PostgreSQL (`store/postgres.rs`, with LISTEN/NOTIFY between hub processes).
+//!   and PostgreSQL (`store/postgres.rs`, with the writer on a thread of its own and LISTEN/NOTIFY
+//!   between hub processes).
 //! - [`service`]: the gRPC handlers of `EventHubService`.
 //! - [`server`]: [`server::run`] wires store, service, health and reflection onto a listener.
 //! - [`bench`]: `eventhub bench`, the hub measured against its database, a no-op gRPC server and NATS JetStream.
