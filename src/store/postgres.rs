@@ -4,10 +4,11 @@
 //! thread of its own, and a listener connection. Writers of every process
 //! assign a topic's sequences only while holding a lock on the topic's row
 //! (`SELECT ... FOR UPDATE`, held to commit), so sequences follow commit
-//! order across processes. In the same transaction the writer sends a `NOTIFY` with the
-//! new heads; PostgreSQL delivers it to every listening process when, and
-//! only when, the transaction commits, so a long-poll on one process wakes
-//! for a commit made through another without polling the database.
+//! order across processes. In the same transaction the writer sends a
+//! `NOTIFY` with the new heads; PostgreSQL delivers it to every listening
+//! process when, and only when, the transaction commits, so a long-poll on
+//! one process wakes for a commit made through another without polling the
+//! database.
 //!
 //! If the listener's connection drops, notifications sent meanwhile are
 //! lost; the listener reconnects (with backoff) and then reads every
