@@ -5,12 +5,14 @@ use crate::config::Config;
 use crate::proto::{self, event_hub_service_server::EventHubServiceServer};
 use crate::service::Hub;
 use crate::store::Store;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
 /// Serves the hub on `listener` until `shutdown` resolves; then open streams
-/// end cleanly and in-flight calls finish before this returns.
+/// end cleanly, in-flight calls finish and the database connections are
+/// closed before this returns.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -19,7 +21,7 @@ pub async fn run(
     let store = Store::open(&config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let hub = Hub::new(
-        store,
+        store.clone(),
         config.limits.clone(),
         config.default_partitions,
         stop_rx,
@@ -55,5 +57,18 @@ pub async fn run(
             },
         )
         .await?;
+    // Every call has finished and the service is gone with its clones of
+    // the store; a stream task that has not noticed the shutdown yet holds
+    // one for a moment at most.
+    if tokio::time::timeout(CLOSE_TIMEOUT, store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the store did not close within {CLOSE_TIMEOUT:?}; exiting anyway");
+    }
     Ok(())
 }
+
+/// How long shutting down waits for the writer to stop and the database
+/// connections to close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -214,6 +214,9 @@ pub struct Store {
     backend: Backend,
     writer: mpsc::Sender<WriteRequest>,
     topics: Registry,
+    /// Changes never; its sender is dropped once the writer has stopped
+    /// and closed its connections.
+    closed: watch::Receiver<()>,
 }
 
 /// The read side of one backend: the same methods on either.
@@ -240,10 +243,11 @@ impl Store {
         let url = &config.database_url;
         let topics: Registry = Arc::default();
         let (tx, rx) = mpsc::channel(4096);
+        let (closing, closed) = watch::channel(());
         let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite(sqlite::open(config, rx, topics.clone()).await?)
+            Backend::Sqlite(sqlite::open(config, rx, topics.clone(), closing).await?)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres(postgres::open(config, rx, topics.clone()).await?)
+            Backend::Postgres(postgres::open(config, rx, topics.clone(), closing).await?)
         } else {
             return Err(HubError::invalid(format!(
                 "database URL {url:?} is not supported; use sqlite://PATH (e.g. sqlite://eventhub.db) \
@@ -254,7 +258,28 @@ impl Store {
             backend,
             writer: tx,
             topics,
+            closed,
         })
+    }
+
+    /// Closes the read connections, then waits until the writer has
+    /// stopped and closed its own, which it does once every clone of the
+    /// store is dropped (this one is, at once). On SQLite, the last
+    /// connection to close must be one that may write: only such a
+    /// connection removes the `-wal` and `-shm` files beside the database.
+    pub async fn close(self) {
+        let Store {
+            backend,
+            writer,
+            mut closed,
+            ..
+        } = self;
+        drop(writer);
+        match backend {
+            Backend::Sqlite(r) => r.close().await,
+            Backend::Postgres(r) => r.close().await,
+        }
+        while closed.changed().await.is_ok() {}
     }
 
     /// The topic, if it exists (loaded from the database on first use, so a

@@ -34,7 +34,7 @@ use sqlx::QueryBuilder;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use std::str::FromStr;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use writer::{PendingEvent, TopicWrite};
 
 type Db = sqlx::Postgres;
@@ -59,10 +59,13 @@ mod dialect {
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects, runs migrations, starts the listener and the writer task.
+/// `closed` is dropped once the writer has stopped (when every sender of
+/// `rx` is gone) and its and the listener's connections are closed.
 pub(crate) async fn open(
     config: &Config,
     rx: mpsc::Receiver<WriteRequest>,
     topics: Registry,
+    closed: watch::Sender<()>,
 ) -> Result<Reads> {
     let options = PgConnectOptions::from_str(&config.database_url)?
         .application_name("eventhub")
@@ -95,9 +98,11 @@ pub(crate) async fn open(
     .await?;
     tokio::spawn(async move {
         tokio::select! {
-            _ = follow_heads(listener, listen, reads_for_listener, topics) => {}
+            _ = follow_heads(listener, listen.clone(), reads_for_listener, topics) => {}
             _ = stopped => {}
         }
+        listen.close().await;
+        drop(closed);
     });
     Ok(reads)
 }
@@ -110,7 +115,7 @@ pub(crate) async fn open(
 /// writer is what every append queues for. With 64 concurrent one-event
 /// producers this took a batch from 1.16 ms to 0.71 ms (docs/benchmarks.md).
 /// The thread ends when every sender of `rx` is gone; `stopped` is dropped
-/// then.
+/// then, after the connection is closed.
 async fn spawn_writer(
     options: PgConnectOptions,
     rx: mpsc::Receiver<WriteRequest>,

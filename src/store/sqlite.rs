@@ -43,10 +43,13 @@ mod dialect {
 
 /// Opens (creating if needed) the database file, runs migrations, loads the
 /// registry and starts the writer task.
+/// `closed` is dropped once the writer has stopped (when every sender of
+/// `rx` is gone) and its connections are closed.
 pub(crate) async fn open(
     config: &Config,
     rx: mpsc::Receiver<WriteRequest>,
     topics: Registry,
+    closed: watch::Sender<()>,
 ) -> Result<Reads> {
     let sync = match config.sqlite_synchronous {
         SqliteSync::Full => SqliteSynchronous::Full,
@@ -79,8 +82,15 @@ pub(crate) async fn open(
     let reads = Reads { pool };
     reads.adopt_all(&topics).await?;
     let (wrote, written) = watch::channel(());
-    tokio::spawn(writer::run(write, rx, topics, config.clone(), Some(wrote)));
-    tokio::spawn(checkpoints(checkpointer, written));
+    let checkpoints = tokio::spawn(checkpoints(checkpointer, written));
+    let config = config.clone();
+    tokio::spawn(async move {
+        writer::run(write.clone(), rx, topics, config, Some(wrote)).await;
+        write.close().await;
+        // The checkpointer stops with the writer and closes its connection.
+        let _ = checkpoints.await;
+        drop(closed);
+    });
     Ok(reads)
 }
 

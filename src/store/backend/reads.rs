@@ -121,6 +121,11 @@ impl Reads {
         Ok(rows.into_iter().map(|(n,)| n).collect())
     }
 
+    /// Closes the pool's connections, waiting for those in use.
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+
     pub(crate) async fn read_partition(
         &self,
         topic: &TopicState,
