@@ -132,17 +132,7 @@ async fn sigterm_closes_the_database_cleanly() {
     }
     let mut followers = Vec::new();
     for partition in 0..3 {
-        let mut follower = client
-            .read_partition(eventhub::proto::ReadPartitionRequest {
-                topic: "stop".into(),
-                partition,
-                cursor: "_first".into(),
-                follow: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut follower = follow(&client, "stop", partition).await;
         let first = follower.message().await.unwrap().expect("a first page");
         assert!(!first.events.is_empty());
         followers.push(follower);

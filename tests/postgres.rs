@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use eventhub::proto::{AppendEvent, AppendRequest, Event, ExpectedVersion, ReadPartitionRequest};
+use eventhub::proto::{AppendEvent, AppendRequest, Event, ExpectedVersion};
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 use tonic::Streaming;
@@ -19,25 +19,6 @@ async fn two_hubs(partitions: u32) -> Option<(HubProcess, HubProcess, String)> {
     let a = spawn_process(&url, partitions).await;
     let b = spawn_process(&url, partitions).await;
     Some((a, b, url))
-}
-
-async fn follow(
-    client: &Client,
-    topic: &str,
-    partition: u32,
-) -> Streaming<eventhub::proto::ReadPartitionResponse> {
-    client
-        .clone()
-        .read_partition(ReadPartitionRequest {
-            topic: topic.into(),
-            partition,
-            cursor: "_first".into(),
-            follow: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 /// The next event of a followed stream, skipping heartbeats.

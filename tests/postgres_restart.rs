@@ -39,17 +39,7 @@ async fn postgres_restart_under_a_running_hub() {
     let hub = spawn_process(&url, 1).await;
     let mut client = hub.client.clone();
     append(&mut client, "r", vec![ev("k", "T", "before")]).await;
-    let mut follower = client
-        .read_partition(ReadPartitionRequest {
-            topic: "r".into(),
-            partition: 0,
-            cursor: "_first".into(),
-            follow: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut follower = follow(&client, "r", 0).await;
 
     ctl("stop");
     let status = client

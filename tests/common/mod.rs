@@ -220,6 +220,26 @@ pub fn partition_of(key: &str, partitions: u32) -> u32 {
     eventhub::validate::partition_for(key, partitions)
 }
 
+/// Follows `partition` of `topic` from its first event.
+pub async fn follow(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+) -> tonic::Streaming<proto::ReadPartitionResponse> {
+    client
+        .clone()
+        .read_partition(ReadPartitionRequest {
+            topic: topic.into(),
+            partition,
+            cursor: "_first".into(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// A hub running as its own process (`eventhub serve`), killed on drop.
 pub struct HubProcess {
     pub child: Child,
