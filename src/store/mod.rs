@@ -264,21 +264,15 @@ impl Store {
 
     /// Closes the read connections, then waits until the writer has
     /// stopped and closed its own, which it does once every clone of the
-    /// store is dropped (this one is, at once). On SQLite, the last
+    /// store is dropped (this one is, before the wait). On SQLite, the last
     /// connection to close must be one that may write: only such a
     /// connection removes the `-wal` and `-shm` files beside the database.
     pub async fn close(self) {
+        reads!(self, r => r.close().await);
         let Store {
-            backend,
-            writer,
-            mut closed,
-            ..
+            writer, mut closed, ..
         } = self;
         drop(writer);
-        match backend {
-            Backend::Sqlite(r) => r.close().await,
-            Backend::Postgres(r) => r.close().await,
-        }
         while closed.changed().await.is_ok() {}
     }
 
