@@ -17,7 +17,8 @@
 //!   and PostgreSQL (`store/postgres.rs`, with the writer on a thread of its own and LISTEN/NOTIFY
 //!   between hub processes).
 //! - [`service`]: the gRPC handlers of `EventHubService`.
-//! - [`server`]: [`server::run`] wires store, service, health and reflection onto a listener.
+//! - [`server`]: [`server::run`] wires store, service, health and reflection onto a listener, and
+//!   closes the store (every database connection) at shutdown.
 //! - [`bench`]: `eventhub bench`, the hub measured against its database, a no-op gRPC server and NATS JetStream.
 //! - `main.rs`: the `eventhub` command line (`eventhub serve`, `eventhub bench`).
 
