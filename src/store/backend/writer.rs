@@ -45,6 +45,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// The writer's hash maps (keys, event ids, positions): foldhash, seeded
+/// per process like hashbrown's default (the key cache's `LruCache` uses it
+/// too), hashes short keys several times faster than std's SipHash.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Most appends and events group-committed in one transaction.
 const MAX_BATCH_APPENDS: usize = 1024;
 const MAX_BATCH_EVENTS: usize = 20_000;
@@ -58,7 +63,7 @@ const KEY_CACHE_KEYS: usize = 1 << 18;
 /// writer committed to each topic.
 #[derive(Default)]
 struct KeyCache {
-    topics: HashMap<i64, CachedTopic>,
+    topics: Map<i64, CachedTopic>,
     /// Entries over all topics.
     len: usize,
 }
@@ -263,13 +268,13 @@ struct TopicDraft {
     last_txn: u64,
     heads: Vec<u64>,
     dirty_heads: BTreeSet<u32>,
-    keys: HashMap<String, KeyState>,
-    ids: HashMap<String, StoredPos>,
+    keys: Map<String, KeyState>,
+    ids: Map<String, StoredPos>,
     /// Contents of latest valid events, for dedup by content.
-    contents: HashMap<(u32, u64), (Content, u64, u64)>,
+    contents: Map<(u32, u64), (Content, u64, u64)>,
     rows: Vec<PendingEvent>,
     /// Position in `rows` of each new event, to find its content.
-    row_index: HashMap<(u32, u64), usize>,
+    row_index: Map<(u32, u64), usize>,
 }
 
 impl TopicDraft {
@@ -339,11 +344,11 @@ impl TopicDraft {
             last_txn,
             heads,
             dirty_heads: BTreeSet::new(),
-            keys: HashMap::new(),
-            ids: HashMap::new(),
-            contents: HashMap::new(),
+            keys: Map::default(),
+            ids: Map::default(),
+            contents: Map::default(),
             rows: Vec::new(),
-            row_index: HashMap::new(),
+            row_index: Map::default(),
         })
     }
 
@@ -361,11 +366,11 @@ impl TopicDraft {
     /// effects; on error the draft is unchanged.
     fn plan_append(&mut self, events: &[NewEvent], dedup: bool) -> Result<AppendReply> {
         let txn = self.last_txn + 1;
-        let mut keys: HashMap<&str, KeyState> = HashMap::new();
+        let mut keys: Map<&str, KeyState> = Map::default();
         let mut heads: BTreeMap<u32, u64> = BTreeMap::new();
         let mut rows: Vec<PendingEvent> = Vec::new();
         // Position in `rows` of each event this append stores, for dedup.
-        let mut row_index: HashMap<(u32, u64), usize> = HashMap::new();
+        let mut row_index: Map<(u32, u64), usize> = Map::default();
         let mut results = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
             if let Some(pos) = ev.event_id.as_ref().and_then(|id| self.ids.get(id)) {
