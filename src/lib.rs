@@ -15,7 +15,8 @@
 //!   reads, and the group-committing writer task,
 //!   written once in `store/backend/` and compiled for SQLite (`store/sqlite.rs`, with a background WAL checkpointer)
 //!   and PostgreSQL (`store/postgres.rs`, with the writer on a thread of its own and LISTEN/NOTIFY
-//!   between hub processes).
+//!   between hub processes; long partition reads go through binary `COPY`, parsed in
+//!   `store/pg_copy.rs`).
 //! - [`service`]: the gRPC handlers of `EventHubService`.
 //! - [`server`]: [`server::run`] wires store, service, health and reflection onto a listener, and
 //!   closes the store (every database connection) at shutdown.

@@ -7,7 +7,7 @@ use crate::config::Limits;
 use crate::cursor::{self, Start};
 use crate::error::{HubError, Result};
 use crate::proto::{self, event_hub_service_server::EventHubService};
-use crate::store::{AppendOutcome, EventRow, Store, StoredPos, TopicState};
+use crate::store::{AppendOutcome, EventRow, PAGE_BYTES, Store, StoredPos, TopicState};
 use crate::validate::{self, TopicName};
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -25,9 +25,6 @@ type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 const DEFAULT_PAGE: usize = 100;
 /// Keys per Surface page.
 const SURFACE_PAGE: usize = 1000;
-/// Most bytes of events in one response: gRPC clients refuse messages over
-/// 4 MiB by default, and a page always holds at least one event.
-const PAGE_BYTES: usize = 3 << 20;
 /// Smallest heartbeat interval a follower may ask for.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
 

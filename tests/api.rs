@@ -1036,3 +1036,132 @@ async fn append_refused_by_the_database_stores_nothing() {
     payloads.sort();
     assert_eq!(payloads, ["1", "4"]);
 }
+
+/// A long page (read with binary `COPY` on PostgreSQL) holds exactly what
+/// short pages (a prepared `SELECT`) hold: every field, empty ones,
+/// headers, tombstones, invalidation markers and invalidated transactions.
+#[tokio::test]
+async fn long_and_short_pages_read_the_same_events() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
+    let mut batches = Vec::new();
+    for b in 0..6 {
+        let events = (0..100)
+            .map(|i| {
+                let n = b * 100 + i;
+                let mut e = ev(
+                    ["a", "é-ключ", "c"][n % 3],
+                    ["Set", "Cleared"][n % 2],
+                    &format!("payload {n}"),
+                );
+                if n % 5 == 0 {
+                    e.event_id = format!("id-{n}");
+                }
+                if n % 4 == 0 {
+                    e.headers.insert("trace".into(), format!("t{n}"));
+                    e.headers.insert("origin".into(), "test".into());
+                }
+                if n % 11 == 0 {
+                    e.content_type = "application/json".into();
+                    e.payload = format!("{{\"n\":{n}}}").into_bytes();
+                }
+                if n % 13 == 0 {
+                    e.tombstone = true;
+                    e.payload.clear();
+                }
+                if n == 250 {
+                    e.payload = vec![0, 0xff, 0x80, 0];
+                }
+                e
+            })
+            .collect();
+        batches.push(hub.append("pages", events).await);
+    }
+    hub.client()
+        .invalidate(proto::InvalidateRequest {
+            topic: "pages".into(),
+            transaction_id: batches[2].transaction_id,
+            reason: "a bad batch".into(),
+        })
+        .await
+        .unwrap();
+    let read = |max_events: u32| {
+        let mut client = hub.client();
+        async move {
+            let mut stream = client
+                .read_partition(ReadPartitionRequest {
+                    topic: "pages".into(),
+                    partition: 0,
+                    cursor: "_first".into(),
+                    max_events,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let (mut events, mut pages) = (Vec::new(), 0);
+            while let Some(page) = stream.next().await {
+                events.extend(page.unwrap().events);
+                pages += 1;
+            }
+            (events, pages)
+        }
+    };
+    let (long, long_pages) = read(10_000).await;
+    let (short, short_pages) = read(9).await;
+    assert_eq!(long_pages, 1);
+    assert!(short_pages > 60);
+    assert_eq!(long.len(), 601, "600 events and one invalidation marker");
+    assert_eq!(long, short);
+    let marker = long.last().unwrap().invalidation.as_ref().unwrap();
+    assert_eq!(marker.transaction_id, batches[2].transaction_id);
+    assert_eq!(marker.reason, "a bad batch");
+    assert_eq!(
+        long.iter().filter(|e| e.transaction_invalidated).count(),
+        100
+    );
+    assert_eq!(long[250].payload, [0, 0xff, 0x80, 0]);
+    assert_eq!(long[4].headers["trace"], "t4");
+    assert_eq!(long[1].key, "é-ключ");
+    assert!(long[13].tombstone && long[13].payload.is_empty());
+    assert_eq!(long[5].event_id, "id-5");
+    assert_eq!(long[11].content_type, "application/json");
+}
+
+/// Pages of large events stay under gRPC's 4 MiB message limit and skip
+/// nothing, whether read in one long run or by short reads.
+#[tokio::test]
+async fn pages_of_large_events_are_cut_by_size() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
+    for b in 0..3 {
+        let events = (0..100)
+            .map(|i| {
+                let mut e = ev("k", "Big", "");
+                e.payload = vec![b as u8 + i as u8; 20_000];
+                e
+            })
+            .collect();
+        hub.append("big", events).await;
+    }
+    let mut stream = hub
+        .client()
+        .read_partition(ReadPartitionRequest {
+            topic: "big".into(),
+            partition: 0,
+            cursor: "_first".into(),
+            max_events: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sequences = Vec::new();
+    let mut pages = 0;
+    while let Some(page) = stream.next().await {
+        let page = page.unwrap();
+        assert!(prost::Message::encoded_len(&page) < 4 << 20);
+        sequences.extend(page.events.iter().map(|e| e.sequence));
+        pages += 1;
+    }
+    assert_eq!(sequences, (1..=300).collect::<Vec<u64>>());
+    assert!(pages >= 2, "6 MB of events came in {pages} page(s)");
+}

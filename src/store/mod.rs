@@ -22,6 +22,7 @@
 //! topic learns of a transaction committed elsewhere (which may have
 //! invalidated one of them) and when a transaction is invalidated here.
 
+mod pg_copy;
 mod postgres;
 mod sqlite;
 
@@ -32,6 +33,26 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
+
+/// Closes every connection of `pool`, waiting for those in use. sqlx's
+/// `Pool::close` can return with one connection left open: one that was
+/// being opened when it was called (to keep `min_connections`, or for a
+/// caller already waiting) and went to the idle queue after `close` had
+/// emptied it. Closing again closes it; on SQLite a connection left open
+/// would keep the `-wal` and `-shm` files beside the database at exit.
+async fn close_pool<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
+    pool.close().await;
+    while pool.size() > 0 {
+        tokio::task::yield_now().await;
+        pool.close().await;
+    }
+}
+
+/// Most bytes of events (as [`EventRow::size`] counts them) in one page of
+/// a read: gRPC clients refuse messages over 4 MiB by default, and a page
+/// always holds at least one event. Reads from the database stop at the
+/// first event past it, so a page of large events is never loaded whole.
+pub const PAGE_BYTES: usize = 3 << 20;
 
 /// Where a stored event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -404,8 +425,11 @@ impl Store {
         }
         let rows =
             reads!(self, r => r.read_partition(topic, partition, after, upto, limit, types).await)?;
+        // A page cut by its count or its bytes ends at its last event.
+        let full =
+            rows.len() == limit || rows.iter().map(EventRow::size).sum::<usize>() > PAGE_BYTES;
         let scanned = match rows.last() {
-            Some(last) if rows.len() == limit => last.sequence,
+            Some(last) if full => last.sequence,
             _ => upto,
         };
         let invalidated = self.invalidated_in(topic, &rows).await?;

@@ -31,6 +31,20 @@ type Db = sqlx::Sqlite;
 type DbConn = sqlx::SqliteConnection;
 type DbRow = SqliteRow;
 
+/// Every SQLite read is a prepared `SELECT` (PostgreSQL reads long pages
+/// through `COPY`).
+async fn bulk_read(
+    _pool: &sqlx::SqlitePool,
+    _topic_id: i64,
+    _partition: u32,
+    _after: u64,
+    _upto: u64,
+    _limit: usize,
+    _types: &[String],
+) -> Result<Option<Vec<crate::store::EventRow>>> {
+    Ok(None)
+}
+
 /// Where SQLite's SQL differs from PostgreSQL's.
 mod dialect {
     /// Reads the topic's last transaction. The writer task is the only
@@ -86,7 +100,7 @@ pub(crate) async fn open(
     let config = config.clone();
     tokio::spawn(async move {
         writer::run(write.clone(), rx, topics, config, Some(wrote)).await;
-        write.close().await;
+        crate::store::close_pool(&write).await;
         // The checkpointer stops with the writer and closes its connection.
         let _ = checkpoints.await;
         drop(closed);

@@ -4,7 +4,7 @@
 
 use super::{Db, DbRow};
 use crate::error::Result;
-use crate::store::{EventRow, Registry, Snapshot, TopicRow, TopicState, adopt};
+use crate::store::{EventRow, PAGE_BYTES, Registry, Snapshot, TopicRow, TopicState, adopt};
 use crate::validate::Content;
 use futures::TryStreamExt;
 use sqlx::{Pool, Row};
@@ -123,7 +123,7 @@ impl Reads {
 
     /// Closes the pool's connections, waiting for those in use.
     pub(crate) async fn close(&self) {
-        self.pool.close().await;
+        crate::store::close_pool(&self.pool).await;
     }
 
     pub(crate) async fn read_partition(
@@ -135,6 +135,11 @@ impl Reads {
         limit: usize,
         types: &[String],
     ) -> Result<Vec<EventRow>> {
+        if let Some(events) =
+            super::bulk_read(&self.pool, topic.id, partition, after, upto, limit, types).await?
+        {
+            return Ok(events);
+        }
         let mut sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events e WHERE e.topic_id = $1 AND e.partition = $2 \
              AND e.sequence > $3 AND e.sequence <= $4"
@@ -157,8 +162,14 @@ impl Reads {
         // rest, rather than after the last one.
         let mut rows = q.fetch(&self.pool);
         let mut events = Vec::with_capacity(limit.min(1024));
+        let mut bytes = 0;
         while let Some(row) = rows.try_next().await? {
-            events.push(event_from_row(&row, 0)?);
+            let event = event_from_row(&row, 0)?;
+            bytes += event.size();
+            events.push(event);
+            if bytes > PAGE_BYTES {
+                break;
+            }
         }
         Ok(events)
     }
