@@ -235,3 +235,62 @@ async fn listener_connection_loss_is_recovered() {
         }
     }
 }
+
+/// A hub appending to a topic in its steady state writes without taking
+/// the topic's lock, but only while the topic's last transaction is still
+/// its own. Another process's commit whose notification has not arrived
+/// yet (here: a transaction and a key version written straight into the
+/// database, which sends no notification) makes that write a no-op, and
+/// the append is planned again under the lock, from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_elsewhere_is_never_overwritten() {
+    use sqlx::Connection;
+    let Some(server) = postgres_server() else {
+        return;
+    };
+    let url = fresh_postgres_database(&server).await;
+    let mut hub = spawn_process(&url, 1).await;
+    let first = append(&mut hub.client, "g", vec![ev("k", "T", "1")]).await;
+    let second = append(&mut hub.client, "g", vec![ev("k", "T", "2")]).await;
+    assert_eq!(second.transaction_id, first.transaction_id + 1);
+    assert_eq!(second.results[0].key_version, 2);
+
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "UPDATE topics SET last_transaction_id = last_transaction_id + 1 WHERE name = 'g'; \
+         UPDATE keys SET version = version + 5 WHERE key = 'k'",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+
+    let third = append(&mut hub.client, "g", vec![ev("k", "T", "3")]).await;
+    assert_eq!(
+        third.transaction_id,
+        second.transaction_id + 2,
+        "the transaction committed elsewhere keeps its id"
+    );
+    assert_eq!(
+        third.results[0].key_version, 8,
+        "the key's version committed elsewhere is read"
+    );
+    assert_eq!(third.results[0].sequence, 3);
+    // The hub is in its steady state again.
+    let fourth = append(&mut hub.client, "g", vec![ev("k", "T", "4")]).await;
+    assert_eq!(fourth.transaction_id, third.transaction_id + 1);
+    assert_eq!(fourth.results[0].key_version, 9);
+    let (events, _) = read_all(&mut hub.client, "g", 0, "_first").await;
+    let got: Vec<(u64, u64, &[u8])> = events
+        .iter()
+        .map(|e| (e.sequence, e.key_version, e.payload.as_slice()))
+        .collect();
+    assert_eq!(
+        got,
+        [(1, 1, &b"1"[..]), (2, 2, b"2"), (3, 8, b"3"), (4, 9, b"4")]
+    );
+    let (last,): (i64,) = sqlx::query_as("SELECT last_transaction_id FROM topics WHERE name = 'g'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(last as u64, fourth.transaction_id);
+}

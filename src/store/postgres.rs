@@ -4,7 +4,10 @@
 //! thread of its own, and a listener connection. Writers of every process
 //! assign a topic's sequences only while holding a lock on the topic's row
 //! (`SELECT ... FOR UPDATE`, held to commit), so sequences follow commit
-//! order across processes. In the same transaction the writer sends a
+//! order across processes. A writer whose own commit is still the topic's
+//! last skips that transaction: it writes in one statement that takes the
+//! lock and writes only if nothing was committed to the topic since
+//! (`write_sql`'s guarded form), else it plans again under the lock. In the same transaction the writer sends a
 //! `NOTIFY` with the new heads; PostgreSQL delivers it to every listening
 //! process when, and only when, the transaction commits, so a long-poll on
 //! one process wakes for a commit made through another without polling the
@@ -33,6 +36,7 @@ use sqlx::ConnectOptions;
 use sqlx::QueryBuilder;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use writer::{PendingEvent, TopicWrite};
@@ -261,60 +265,143 @@ fn select_in<'a>(select: &str, id: i64, column: &str, values: &[&'a str]) -> Que
     qb
 }
 
-/// Writes a topic's events, keys, heads and last transaction, and
-/// notifies every hub process of the new heads (delivered on commit, in
-/// commit order): one statement of a fixed text, so one round trip and one
-/// prepared statement. Each column is bound as an array and `UNNEST`ed: a
-/// batch of any size binds 24 values, not 14 per event.
-async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<()> {
-    let (rows, keys, heads) = (w.rows, w.keys, w.heads);
-    let ints = |f: fn(&PendingEvent) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
-    sqlx::query(
-        "WITH e AS (INSERT INTO events (topic_id, partition, sequence, transaction_id, key, key_version, event_id, \
+/// The write statement of [`write_topic`]. Unguarded, it runs in the
+/// transaction that holds the topic's lock. Guarded, it runs on its own
+/// (one round trip, committed by itself): its first part updates the
+/// topic's last transaction only if that is still `$25`, which also locks
+/// the topic's row (waiting for a transaction of another process that
+/// holds it, then checking again), and every other part writes only if
+/// that update did (a condition PostgreSQL evaluates once, not per row),
+/// so the statement writes all or nothing. Its rows are the notifications
+/// sent: none means it did not write.
+fn write_sql(guarded: bool) -> String {
+    let (t, guard, join) = if guarded {
+        (
+            "t AS (UPDATE topics SET last_transaction_id = $23 WHERE topic_id = $1 \
+             AND last_transaction_id = $25 RETURNING topic_id), ",
+            "",
+            " WHERE EXISTS (SELECT FROM t)",
+        )
+    } else {
+        (
+            "",
+            ", t AS (UPDATE topics SET last_transaction_id = $23 WHERE topic_id = $1)",
+            "",
+        )
+    };
+    format!(
+        "WITH {t}e AS (INSERT INTO events (topic_id, partition, sequence, transaction_id, key, key_version, event_id, \
              event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates) \
              SELECT $1, u.p, u.s, u.t, u.k, u.kv, u.eid, u.et, u.ct, u.h, u.pl, u.tb, $2, u.inv \
              FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], \
                  $9::text[], $10::text[], $11::bytea[], $12::bytea[], $13::boolean[], $14::bigint[]) \
-             AS u(p, s, t, k, kv, eid, et, ct, h, pl, tb, inv)), \
+             AS u(p, s, t, k, kv, eid, et, ct, h, pl, tb, inv){join}), \
          k AS (INSERT INTO keys (topic_id, key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id) \
              SELECT $1, u.* FROM UNNEST($15::text[], $16::bigint[], $17::bigint[], $18::bigint[], $19::boolean[], $20::bigint[]) \
-             AS u(key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id) \
+             AS u(key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id){join} \
              ON CONFLICT (topic_id, key) DO UPDATE SET version = excluded.version, \
              live_partition = excluded.live_partition, live_sequence = excluded.live_sequence, \
              live_tombstone = excluded.live_tombstone, changed_transaction_id = excluded.changed_transaction_id), \
          h AS (INSERT INTO partitions (topic_id, partition, head_sequence) \
-             SELECT $1, u.p, u.h FROM UNNEST($21::bigint[], $22::bigint[]) AS u(p, h) \
-             ON CONFLICT (topic_id, partition) DO UPDATE SET head_sequence = excluded.head_sequence), \
-         t AS (UPDATE topics SET last_transaction_id = $23 WHERE topic_id = $1) \
-         SELECT pg_notify('eventhub_heads', n) FROM UNNEST($24::text[]) AS n",
+             SELECT $1, u.p, u.h FROM UNNEST($21::bigint[], $22::bigint[]) AS u(p, h){join} \
+             ON CONFLICT (topic_id, partition) DO UPDATE SET head_sequence = excluded.head_sequence){guard} \
+         SELECT pg_notify('eventhub_heads', n) FROM UNNEST($24::text[]) AS n{join}"
     )
-    .bind(w.topic_id)
-    .bind(w.now_ms)
-    .bind(ints(|r| r.partition as i64))
-    .bind(ints(|r| r.sequence as i64))
-    .bind(ints(|r| r.transaction_id as i64))
-    .bind(rows.iter().map(|r| r.key.as_deref()).collect::<Vec<_>>())
-    .bind(ints(|r| r.key_version as i64))
-    .bind(rows.iter().map(|r| r.event_id.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.content.event_type.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.content.content_type.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.content.headers.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.content.payload.as_slice()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.content.tombstone).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.invalidates.map(|t| t as i64)).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(_, s)| s.version as i64).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(_, s)| s.live.map(|l| l.partition as i64)).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(_, s)| s.live.map(|l| l.sequence as i64)).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(_, s)| s.live.is_some_and(|l| l.tombstone)).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(_, s)| s.changed.map_or(0, |t| t as i64)).collect::<Vec<_>>())
-    .bind(heads.iter().map(|(p, _)| *p as i64).collect::<Vec<_>>())
-    .bind(heads.iter().map(|(_, h)| *h as i64).collect::<Vec<_>>())
-    .bind(w.last_txn as i64)
-    .bind(heads_payloads(w.topic, w.last_txn, heads))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+}
+
+static WRITE: LazyLock<String> = LazyLock::new(|| write_sql(false));
+static GUARDED_WRITE: LazyLock<String> = LazyLock::new(|| write_sql(true));
+
+/// Writes a topic's events, keys, heads and last transaction, and
+/// notifies every hub process of the new heads (delivered on commit, in
+/// commit order): one statement of a fixed text, so one round trip and one
+/// prepared statement. Each column is bound as an array and `UNNEST`ed: a
+/// batch of any size binds 24 values, not 14 per event. Returns whether it
+/// wrote, which only a guarded write (`planned_after`) may not have.
+async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<bool> {
+    let (rows, keys, heads) = (w.rows, w.keys, w.heads);
+    let ints = |f: fn(&PendingEvent) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+    let sql = match w.planned_after {
+        Some(_) => GUARDED_WRITE.as_str(),
+        None => WRITE.as_str(),
+    };
+    let notifications = heads_payloads(w.topic, w.last_txn, heads);
+    // A guarded write tells whether it wrote by its notifications.
+    debug_assert!(w.planned_after.is_none() || !notifications.is_empty());
+    let mut q = sqlx::query(sql)
+        .bind(w.topic_id)
+        .bind(w.now_ms)
+        .bind(ints(|r| r.partition as i64))
+        .bind(ints(|r| r.sequence as i64))
+        .bind(ints(|r| r.transaction_id as i64))
+        .bind(rows.iter().map(|r| r.key.as_deref()).collect::<Vec<_>>())
+        .bind(ints(|r| r.key_version as i64))
+        .bind(
+            rows.iter()
+                .map(|r| r.event_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.content.event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.content.content_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.content.headers.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.content.payload.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.content.tombstone).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.invalidates.map(|t| t as i64))
+                .collect::<Vec<_>>(),
+        )
+        .bind(keys.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+        .bind(
+            keys.iter()
+                .map(|(_, s)| s.version as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            keys.iter()
+                .map(|(_, s)| s.live.map(|l| l.partition as i64))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            keys.iter()
+                .map(|(_, s)| s.live.map(|l| l.sequence as i64))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            keys.iter()
+                .map(|(_, s)| s.live.is_some_and(|l| l.tombstone))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            keys.iter()
+                .map(|(_, s)| s.changed.map_or(0, |t| t as i64))
+                .collect::<Vec<_>>(),
+        )
+        .bind(heads.iter().map(|(p, _)| *p as i64).collect::<Vec<_>>())
+        .bind(heads.iter().map(|(_, h)| *h as i64).collect::<Vec<_>>())
+        .bind(w.last_txn as i64)
+        .bind(notifications);
+    if let Some(after) = w.planned_after {
+        q = q.bind(after as i64);
+    }
+    let sent = q.fetch_all(&mut *conn).await?;
+    Ok(!sent.is_empty())
 }
 
 /// Notification payloads announcing new heads: `<topic> <last transaction>

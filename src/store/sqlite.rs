@@ -153,7 +153,9 @@ fn select_in<'a>(select: &str, id: i64, column: &str, values: &[&'a str]) -> Que
 /// Writes a topic's events, keys, heads and last transaction with
 /// multi-row statements sent together: sqlx runs them one after another on
 /// its worker thread, so the whole write is one hand-off to that thread.
-async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<()> {
+async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<bool> {
+    // The sole writer always writes under its transaction.
+    debug_assert!(w.planned_after.is_none());
     let mut qb = QueryBuilder::<Db>::new("");
     for chunk in w.rows.chunks(CHUNK) {
         qb.push(
@@ -213,5 +215,5 @@ async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<()> {
         .push(" WHERE topic_id = ")
         .push_bind(w.topic_id);
     qb.build().execute(&mut *conn).await?;
-    Ok(())
+    Ok(true)
 }

@@ -15,7 +15,12 @@
 // until commit. Every writer of a topic, in this process or another one on
 // the same database, assigns ids only while holding it, so ids follow commit
 // order: a later sequence never becomes visible before an earlier one, and
-// a reader that reads up to a head it has seen never skips an event.
+// a reader that reads up to a head it has seen never skips an event. The
+// one exception keeps that order: on PostgreSQL, a writer whose own commit
+// was the topic's last assigns ids first and then writes them in one
+// statement that takes the lock and writes only if the topic's last
+// transaction is still that commit (`Writer::try_append_unlocked`); if it
+// is not, nothing is written and the batch is planned again under the lock.
 //
 // The writer keeps the states of the keys it wrote or read lately in a
 // bounded cache (`KeyCache`), so that a batch reads from the database only
@@ -53,6 +58,13 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// Most appends and events group-committed in one transaction.
 const MAX_BATCH_APPENDS: usize = 1024;
 const MAX_BATCH_EVENTS: usize = 20_000;
+/// Most events in a batch written without taking the topic's lock first
+/// (`Writer::try_append_unlocked`). That saves about 0.1 ms of round trips,
+/// which pays for small commits (64 single-event producers on PostgreSQL:
+/// 2.85-3.03 -> 3.08-3.38 x one row per transaction); for 1,000 events the
+/// guarded statement took 8.95-9.68 ms against 8.05 ms for the write plus
+/// 0.7 ms for BEGIN, lock and COMMIT under the lock.
+const UNLOCKED_MAX_EVENTS: usize = 256;
 /// Rows per multi-row statement (SQLite allows 32,766 bound values).
 pub(super) const CHUNK: usize = 1000;
 /// Most key states the writer keeps in memory, over all topics (about 100
@@ -106,6 +118,14 @@ impl KeyCache {
         self.len -= t.entries.len();
         t.entries.clear();
         false
+    }
+
+    /// Whether the topic's entries are current as of `last_txn`, without
+    /// dropping them if not.
+    fn current(&self, topic: i64, last_txn: u64) -> bool {
+        self.topics
+            .get(&topic)
+            .is_some_and(|t| t.valid && t.last_txn == last_txn)
     }
 
     fn get(&mut self, topic: i64, key: &str) -> Option<KeyState> {
@@ -251,6 +271,12 @@ pub(super) struct TopicWrite<'a> {
     pub(super) keys: &'a [(&'a String, &'a KeyState)],
     /// New heads of the partitions it appended to.
     pub(super) heads: &'a [(u32, u64)],
+    /// For a write outside a transaction that holds the topic's lock: the
+    /// topic's last transaction the write was planned against. The write
+    /// then happens only if that is still the topic's last transaction in
+    /// the database, and `write_topic` says whether it did. PostgreSQL
+    /// only (see `Writer::try_append_unlocked`).
+    pub(super) planned_after: Option<u64>,
 }
 
 /// One topic's state during a batch: what the database holds plus what the
@@ -334,7 +360,12 @@ impl TopicDraft {
                 }
             }
         };
-        Ok(TopicDraft {
+        Ok(TopicDraft::new(meta, created, last_txn, heads))
+    }
+
+    /// A draft extending `last_txn`, with the topic's `heads` as of it.
+    fn new(meta: &TopicMeta, created: bool, last_txn: u64, heads: Vec<u64>) -> Self {
+        TopicDraft {
             known: meta.known.clone(),
             id: meta.id,
             created,
@@ -349,7 +380,7 @@ impl TopicDraft {
             contents: Map::default(),
             rows: Vec::new(),
             row_index: Map::default(),
-        })
+        }
     }
 
     fn content_of(&self, partition: u32, sequence: u64) -> Option<(&Content, u64, u64)> {
@@ -621,10 +652,17 @@ impl TopicDraft {
         Ok(())
     }
 
-    /// Writes the draft's rows and state in the open transaction.
-    async fn flush(&mut self, conn: &mut DbConn, now_ms: i64) -> Result<()> {
+    /// Writes the draft's rows and state in the open transaction, or, with
+    /// `planned_after`, in a statement of its own that writes only if the
+    /// topic's last transaction is still that one. Returns whether it wrote.
+    async fn flush(
+        &mut self,
+        conn: &mut DbConn,
+        now_ms: i64,
+        planned_after: Option<u64>,
+    ) -> Result<bool> {
         if self.rows.is_empty() && self.dirty_heads.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let keys: Vec<(&String, &KeyState)> = self
             .keys
@@ -644,6 +682,7 @@ impl TopicDraft {
             rows: &self.rows,
             keys: &keys,
             heads: &heads,
+            planned_after,
         };
         super::write_topic(conn, &write).await
     }
@@ -962,6 +1001,9 @@ impl Writer {
     /// committed; inner errors are per-append rejections.
     async fn try_append_batch(&mut self, batch: &[AppendReq]) -> Result<Vec<Result<AppendReply>>> {
         let now = now_ms();
+        if let Some(replies) = self.try_append_unlocked(batch, now).await? {
+            return Ok(replies);
+        }
         let mut tx = begin(&mut self.conn, &self.pool).await?;
         self.began = true;
         // Topics are locked in name order, so that two hub processes
@@ -1013,7 +1055,7 @@ impl Writer {
                 // Every append to the new topic was rejected: it changes nothing.
                 remove_topic(&mut tx, draft.id).await?;
             } else {
-                draft.flush(&mut tx, now).await?;
+                draft.flush(&mut tx, now, None).await?;
             }
         }
         for draft in drafts.values() {
@@ -1034,6 +1076,79 @@ impl Writer {
             }
         }
         Ok(replies)
+    }
+
+    /// Where other processes may write (PostgreSQL), in the steady state of
+    /// a topic this writer appends to: a batch of at most
+    /// `UNLOCKED_MAX_EVENTS` events for that one topic, whose
+    /// last transaction is, as far as this process knows, the one this
+    /// writer committed last, is planned against what the writer kept of
+    /// it (the registry's heads, the key cache) and written by one
+    /// statement outside any transaction, which writes only if that is
+    /// still the topic's last transaction (`TopicWrite::planned_after`).
+    /// That saves the round trips of BEGIN, the topic's lock and COMMIT.
+    /// `None` when the batch does not qualify, or when another process
+    /// wrote to the topic meanwhile and nothing was written: the batch is
+    /// then planned again under the topic's lock.
+    async fn try_append_unlocked(
+        &mut self,
+        batch: &[AppendReq],
+        now: i64,
+    ) -> Result<Option<Vec<Result<AppendReply>>>> {
+        let Some(first) = batch.first() else {
+            return Ok(None);
+        };
+        let name = first.topic.as_str();
+        if dialect::SOLE_WRITER
+            || batch.iter().any(|r| r.topic.as_str() != name)
+            || batch.iter().map(|r| r.events.len()).sum::<usize>() > UNLOCKED_MAX_EVENTS
+        {
+            return Ok(None);
+        }
+        let Some(state) = self.topics.read().unwrap().get(name).cloned() else {
+            return Ok(None);
+        };
+        let last_txn = state.local_transaction();
+        if last_txn == 0
+            || state.last_transaction() != last_txn
+            || !self.key_cache.current(state.id, last_txn)
+        {
+            return Ok(None);
+        }
+        let heads = (0..state.partition_count).map(|p| state.head(p)).collect();
+        let mut draft = TopicDraft::new(&TopicMeta::from(&state), false, last_txn, heads);
+        if self.conn.is_none() {
+            self.conn = Some(self.pool.acquire().await?);
+        }
+        let conn = self.conn.as_mut().expect("acquired above");
+        let reqs: Vec<&AppendReq> = batch.iter().collect();
+        draft.prefetch(conn, &reqs, &mut self.key_cache).await?;
+        let replies: Vec<Result<AppendReply>> = batch
+            .iter()
+            .map(|r| draft.plan_append(&r.events, r.dedup_by_content))
+            .collect();
+        if draft.rows.is_empty() {
+            // Nothing to write, so nothing would check the state these
+            // replies were decided on.
+            return Ok(None);
+        }
+        draft.committing();
+        // From here on the request may have written: never run it again.
+        self.began = true;
+        match draft.flush(conn, now, Some(last_txn)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                draft.not_committed();
+                return Ok(None);
+            }
+            Err(e) => {
+                draft.not_committed();
+                return Err(e);
+            }
+        }
+        draft.cache_keys(&mut self.key_cache);
+        draft.publish(&self.topics, now);
+        Ok(Some(replies))
     }
 
     async fn create_topic(
@@ -1191,7 +1306,7 @@ impl Writer {
             .bind(reason)
             .execute(&mut *tx)
             .await?;
-        draft.flush(&mut tx, now).await?;
+        draft.flush(&mut tx, now, None).await?;
         // Every key of the invalidated transaction falls back to its latest
         // event that is still valid.
         for key in keys {
