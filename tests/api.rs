@@ -1087,23 +1087,10 @@ async fn long_and_short_pages_read_the_same_events() {
     let read = |max_events: u32| {
         let mut client = hub.client();
         async move {
-            let mut stream = client
-                .read_partition(ReadPartitionRequest {
-                    topic: "pages".into(),
-                    partition: 0,
-                    cursor: "_first".into(),
-                    max_events,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let (mut events, mut pages) = (Vec::new(), 0);
-            while let Some(page) = stream.next().await {
-                events.extend(page.unwrap().events);
-                pages += 1;
-            }
-            (events, pages)
+            let pages = read_pages(&mut client, "pages", 0, max_events).await;
+            let count = pages.len();
+            let events: Vec<proto::Event> = pages.into_iter().flat_map(|p| p.events).collect();
+            (events, count)
         }
     };
     let (long, long_pages) = read(10_000).await;
@@ -1142,26 +1129,16 @@ async fn pages_of_large_events_are_cut_by_size() {
             .collect();
         hub.append("big", events).await;
     }
-    let mut stream = hub
-        .client()
-        .read_partition(ReadPartitionRequest {
-            topic: "big".into(),
-            partition: 0,
-            cursor: "_first".into(),
-            max_events: 10_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut sequences = Vec::new();
-    let mut pages = 0;
-    while let Some(page) = stream.next().await {
-        let page = page.unwrap();
-        assert!(prost::Message::encoded_len(&page) < 4 << 20);
-        sequences.extend(page.events.iter().map(|e| e.sequence));
-        pages += 1;
+    let pages = read_pages(&mut hub.client(), "big", 0, 10_000).await;
+    for page in &pages {
+        assert!(prost::Message::encoded_len(page) < 4 << 20);
     }
+    let sequences: Vec<u64> = pages
+        .iter()
+        .flat_map(|p| &p.events)
+        .map(|e| e.sequence)
+        .collect();
+    let pages = pages.len();
     assert_eq!(sequences, (1..=300).collect::<Vec<u64>>());
     assert!(pages >= 2, "6 MB of events came in {pages} page(s)");
 }

@@ -36,15 +36,20 @@ const FIELDS: i16 = 13;
 
 /// The events of `partition` of topic `topic_id` with `after < sequence <=
 /// upto`, in order: at most `limit`, and none after the first that takes
-/// the page past [`PAGE_BYTES`].
-pub(crate) async fn read_partition(
+/// the page past [`PAGE_BYTES`]. `None` when the read may hold fewer than
+/// [`MIN_ROWS`] rows or filters `types`: the prepared `SELECT` reads it.
+pub(crate) async fn bulk_read(
     pool: &PgPool,
     topic_id: i64,
     partition: u32,
     after: u64,
     upto: u64,
     limit: usize,
-) -> Result<Vec<EventRow>> {
+    types: &[String],
+) -> Result<Option<Vec<EventRow>>> {
+    if !types.is_empty() || (limit as u64).min(upto.saturating_sub(after)) < MIN_ROWS {
+        return Ok(None);
+    }
     let sql = format!(
         "COPY (SELECT {COLUMNS} FROM events WHERE topic_id = {topic_id} AND partition = {partition} \
          AND sequence > {after} AND sequence <= {upto} ORDER BY sequence LIMIT {limit}) \
@@ -61,14 +66,14 @@ pub(crate) async fn read_partition(
             if parser.bytes > PAGE_BYTES {
                 // Large events: the rest of the page is not wanted, and
                 // `conn` is closed rather than drained.
-                return Ok(events);
+                return Ok(Some(events));
             }
         }
     }
     parser.finish()?;
     // Read to the end: the connection may go back to the pool.
     conn.0.take();
-    Ok(events)
+    Ok(Some(events))
 }
 
 /// A pool connection in the middle of a `COPY`: closed rather than

@@ -29,6 +29,9 @@ mod writer;
 
 pub(crate) use reads::Reads;
 
+// Long partition reads go through binary `COPY`.
+use super::pg_copy::bulk_read;
+
 use crate::config::Config;
 use crate::error::Result;
 use crate::store::{Registry, WriteRequest};
@@ -44,28 +47,6 @@ use writer::{PendingEvent, TopicWrite};
 type Db = sqlx::Postgres;
 type DbConn = sqlx::PgConnection;
 type DbRow = PgRow;
-
-/// A partition read through binary `COPY` ([`super::pg_copy`]) when it may
-/// hold many rows and filters no types; `None` leaves it to the prepared
-/// `SELECT`.
-async fn bulk_read(
-    pool: &PgPool,
-    topic_id: i64,
-    partition: u32,
-    after: u64,
-    upto: u64,
-    limit: usize,
-    types: &[String],
-) -> Result<Option<Vec<crate::store::EventRow>>> {
-    if !types.is_empty()
-        || (limit as u64).min(upto.saturating_sub(after)) < super::pg_copy::MIN_ROWS
-    {
-        return Ok(None);
-    }
-    super::pg_copy::read_partition(pool, topic_id, partition, after, upto, limit)
-        .await
-        .map(Some)
-}
 
 /// The notification channel for new heads.
 const CHANNEL: &str = "eventhub_heads";

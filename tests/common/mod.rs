@@ -206,6 +206,32 @@ pub async fn read_all(
     (events, cursor)
 }
 
+/// Every page of one read of a partition from `_first` with `max_events`
+/// per page (no waiting, no following).
+pub async fn read_pages(
+    client: &mut Client,
+    topic: &str,
+    partition: u32,
+    max_events: u32,
+) -> Vec<proto::ReadPartitionResponse> {
+    let mut stream = client
+        .read_partition(ReadPartitionRequest {
+            topic: topic.into(),
+            partition,
+            cursor: "_first".into(),
+            max_events,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut pages = Vec::new();
+    while let Some(page) = stream.next().await {
+        pages.push(page.unwrap());
+    }
+    pages
+}
+
 /// An event with a key, a type and a payload.
 pub fn ev(key: &str, ty: &str, payload: &str) -> AppendEvent {
     AppendEvent {
