@@ -13,7 +13,8 @@
 //! - [`cursor`]: encoding and checking cursors.
 //! - [`store`]: storage: topic registry (heads, and the latest events of followed partitions),
 //!   reads, and the group-committing writer task,
-//!   written once in `store/backend/` and compiled for SQLite (`store/sqlite.rs`, with a background WAL checkpointer)
+//!   written once in `store/backend/` and compiled for SQLite (`store/sqlite.rs`, with a background WAL checkpointer;
+//!   long partition reads stepped through SQLite's API with `rusqlite` in `store/sqlite_rows.rs`)
 //!   and PostgreSQL (`store/postgres.rs`, with the writer on a thread of its own and LISTEN/NOTIFY
 //!   between hub processes; long partition reads go through binary `COPY`, parsed in
 //!   `store/pg_copy.rs`).

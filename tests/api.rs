@@ -1037,9 +1037,11 @@ async fn append_refused_by_the_database_stores_nothing() {
     assert_eq!(payloads, ["1", "4"]);
 }
 
-/// A long page (read with binary `COPY` on PostgreSQL) holds exactly what
-/// short pages (a prepared `SELECT`) hold: every field, empty ones,
-/// headers, tombstones, invalidation markers and invalidated transactions.
+/// A long page (read with binary `COPY` on PostgreSQL, stepped through
+/// SQLite's own API on SQLite) holds exactly what short pages (sqlx's
+/// prepared `SELECT`) hold: every field, empty ones, headers, tombstones,
+/// invalidation markers and invalidated transactions, with and without a
+/// type filter.
 #[tokio::test]
 async fn long_and_short_pages_read_the_same_events() {
     let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
@@ -1084,17 +1086,17 @@ async fn long_and_short_pages_read_the_same_events() {
         })
         .await
         .unwrap();
-    let read = |max_events: u32| {
+    let read = |max_events: u32, types: &'static [&'static str]| {
         let mut client = hub.client();
         async move {
-            let pages = read_pages(&mut client, "pages", 0, max_events).await;
+            let pages = read_pages(&mut client, "pages", 0, max_events, types).await;
             let count = pages.len();
             let events: Vec<proto::Event> = pages.into_iter().flat_map(|p| p.events).collect();
             (events, count)
         }
     };
-    let (long, long_pages) = read(10_000).await;
-    let (short, short_pages) = read(9).await;
+    let (long, long_pages) = read(10_000, &[]).await;
+    let (short, short_pages) = read(9, &[]).await;
     assert_eq!(long_pages, 1);
     assert!(short_pages > 60);
     assert_eq!(long.len(), 601, "600 events and one invalidation marker");
@@ -1112,6 +1114,13 @@ async fn long_and_short_pages_read_the_same_events() {
     assert!(long[13].tombstone && long[13].payload.is_empty());
     assert_eq!(long[5].event_id, "id-5");
     assert_eq!(long[11].content_type, "application/json");
+
+    let (long_cleared, _) = read(10_000, &["Cleared"]).await;
+    let (short_cleared, _) = read(9, &["Cleared"]).await;
+    assert_eq!(long_cleared, short_cleared);
+    let cleared: Vec<_> = long.into_iter().filter(|e| e.r#type == "Cleared").collect();
+    assert_eq!(long_cleared, cleared);
+    assert_eq!(cleared.len(), 300);
 }
 
 /// Pages of large events stay under gRPC's 4 MiB message limit and skip
@@ -1129,7 +1138,7 @@ async fn pages_of_large_events_are_cut_by_size() {
             .collect();
         hub.append("big", events).await;
     }
-    let pages = read_pages(&mut hub.client(), "big", 0, 10_000).await;
+    let pages = read_pages(&mut hub.client(), "big", 0, 10_000, &[]).await;
     for page in &pages {
         assert!(prost::Message::encoded_len(page) < 4 << 20);
     }

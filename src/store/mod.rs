@@ -25,6 +25,7 @@
 mod pg_copy;
 mod postgres;
 mod sqlite;
+mod sqlite_rows;
 
 use crate::config::Config;
 use crate::error::{HubError, Result};

@@ -31,19 +31,7 @@ type Db = sqlx::Sqlite;
 type DbConn = sqlx::SqliteConnection;
 type DbRow = SqliteRow;
 
-/// Every SQLite read is a prepared `SELECT` (PostgreSQL reads long pages
-/// through `COPY`).
-async fn bulk_read(
-    _pool: &sqlx::SqlitePool,
-    _topic_id: i64,
-    _partition: u32,
-    _after: u64,
-    _upto: u64,
-    _limit: usize,
-    _types: &[String],
-) -> Result<Option<Vec<crate::store::EventRow>>> {
-    Ok(None)
-}
+use super::sqlite_rows::bulk_read;
 
 /// Where SQLite's SQL differs from PostgreSQL's.
 mod dialect {

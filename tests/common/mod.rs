@@ -213,6 +213,7 @@ pub async fn read_pages(
     topic: &str,
     partition: u32,
     max_events: u32,
+    types: &[&str],
 ) -> Vec<proto::ReadPartitionResponse> {
     let mut stream = client
         .read_partition(ReadPartitionRequest {
@@ -220,6 +221,7 @@ pub async fn read_pages(
             partition,
             cursor: "_first".into(),
             max_events,
+            types: types.iter().map(|t| t.to_string()).collect(),
             ..Default::default()
         })
         .await
