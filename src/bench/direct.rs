@@ -1,10 +1,10 @@
 //! The database references: the same rows the hub stores, written and read
 //! straight against the same kind of database (with sqlx, and SQLite's
-//! reads with `rusqlite`), with no gRPC and no hub logic in between. Also fresh databases for every run.
+//! reads with `rusqlite`), with no gRPC and no hub logic in between. Also
+//! fresh databases for every run.
 //!
-//! The references write into their own `events` table with the columns and
-//! indexes of the hub's (the DDL below is copied from the migrations; keep
-//! them in step). Durability matches the hub: SQLite in WAL mode with
+//! The write references get a database made by the hub's own migrations,
+//! so their `events` table has the hub's columns, indexes and collations. Durability matches the hub: SQLite in WAL mode with
 //! `synchronous=FULL`, PostgreSQL with `synchronous_commit=on`.
 
 use super::events::{CONTENT_TYPE, EVENT_TYPE, Row, TOPIC_ID, key, now_ms};
@@ -24,13 +24,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::log::LevelFilter;
-
-/// The hub's schema on SQLite, the same file its migration runs: the
-/// reference writes to the same `events` table with the same indexes.
-pub const SQLITE_SCHEMA: &str = include_str!("../../migrations/sqlite/0001_init.sql");
-
-/// The hub's schema on PostgreSQL.
-pub const POSTGRES_SCHEMA: &str = include_str!("../../migrations/postgres/0001_init.sql");
 
 const COLUMNS: &str = "topic_id, partition, sequence, transaction_id, key, key_version, event_id, \
      event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates";
@@ -234,16 +227,16 @@ pub enum Db {
 }
 
 impl Db {
-    /// Opens a fresh database and creates the `events` table in it, for the
+    /// Opens a fresh database and runs the hub's migrations in it, for the
     /// write references.
     pub async fn create(fresh: &FreshDb, connections: u32) -> Result<Db> {
         let db = Db::open(fresh, connections, false).await?;
         match &db {
             Db::Sqlite(p) => {
-                sqlx::raw_sql(SQLITE_SCHEMA).execute(p).await?;
+                sqlx::migrate!("migrations/sqlite").run(p).await?;
             }
             Db::Postgres(p) => {
-                sqlx::raw_sql(POSTGRES_SCHEMA).execute(p).await?;
+                sqlx::migrate!("migrations/postgres").run(p).await?;
             }
         }
         Ok(db)

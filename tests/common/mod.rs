@@ -76,10 +76,20 @@ pub async fn fresh_postgres_database(server: &str) -> String {
     let mut conn = sqlx::PgConnection::connect(server)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {server}: {e}"));
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    // With a linguistic default collation, as production clusters usually
+    // have (the test cluster's own is C.UTF-8, which sorts like bytes and
+    // would hide a query that sorts by the database's locale). ICU needs
+    // PostgreSQL 15 built with it; without, the server's default is used.
+    let icu = format!(
+        "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' \
+         LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+    );
+    if sqlx::query(&icu).execute(&mut conn).await.is_err() {
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
     // Same server and parameters, the new database as the path.
     let mut url = url::Url::parse(server).unwrap();
     url.set_path(&name);
