@@ -4,8 +4,9 @@
 //! fresh databases for every run.
 //!
 //! The write references get a database made by the hub's own migrations,
-//! so their `events` table has the hub's columns, indexes and collations. Durability matches the hub: SQLite in WAL mode with
-//! `synchronous=FULL`, PostgreSQL with `synchronous_commit=on`.
+//! so their `events` table has the hub's columns, indexes and collations.
+//! Durability matches the hub: SQLite in WAL mode with `synchronous=FULL`,
+//! PostgreSQL with `synchronous_commit=on`.
 
 use super::events::{CONTENT_TYPE, EVENT_TYPE, Row, TOPIC_ID, key, now_ms};
 use crate::validate::partition_for;
@@ -472,7 +473,7 @@ impl Db {
                 // Stepped through SQLite's API on a thread of its own, as
                 // the hub reads long pages (sqlx's SQLite driver hands
                 // every row from its worker thread through a channel, at
-                // about a quarter of this speed).
+                // about a tenth of this speed).
                 let path = p.connect_options().get_filename().to_owned();
                 let (topic, pb) = (topic.to_owned(), pb.clone());
                 n = tokio::task::spawn_blocking(move || {

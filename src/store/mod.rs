@@ -55,6 +55,12 @@ async fn close_pool<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
 /// first event past it, so a page of large events is never loaded whole.
 pub const PAGE_BYTES: usize = 3 << 20;
 
+/// An event's columns, in the order the long reads (`pg_copy`,
+/// `sqlite_rows`) take them; `reads::EVENT_COLUMNS` is the same list
+/// qualified by the table, for queries that join.
+const EVENT_COLUMNS: &str = "partition, sequence, transaction_id, key, key_version, event_id, \
+     event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates";
+
 /// Where a stored event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredPos {

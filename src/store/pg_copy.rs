@@ -18,7 +18,7 @@
 //! `COPY` still queued on it.
 
 use crate::error::Result;
-use crate::store::{EventRow, PAGE_BYTES};
+use crate::store::{EVENT_COLUMNS as COLUMNS, EventRow, PAGE_BYTES};
 use crate::validate::Content;
 use futures::TryStreamExt;
 use sqlx::pool::PoolConnection;
@@ -28,10 +28,7 @@ use sqlx::{PgPool, Postgres};
 /// planning the `COPY` costs more than it saves.
 pub(crate) const MIN_ROWS: u64 = 256;
 
-/// The columns, in the order the parser takes them; the same as
-/// `reads::EVENT_COLUMNS`.
-const COLUMNS: &str = "partition, sequence, transaction_id, key, key_version, event_id, \
-     event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates";
+/// The number of columns in each row of the `COPY`.
 const FIELDS: i16 = 13;
 
 /// The events of `partition` of topic `topic_id` with `after < sequence <=

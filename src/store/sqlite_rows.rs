@@ -13,17 +13,12 @@
 //! which saves this path's thread hand-offs and preparing the statement.
 
 use crate::error::{HubError, Result};
-use crate::store::{EventRow, PAGE_BYTES};
+use crate::store::{EVENT_COLUMNS as COLUMNS, EventRow, PAGE_BYTES};
 use crate::validate::Content;
 use sqlx::SqlitePool;
 
 /// Reads that may return fewer rows take the prepared `SELECT`.
 pub(crate) const MIN_ROWS: u64 = 256;
-
-/// The columns, in the order [`event`] takes them; the same as
-/// `reads::EVENT_COLUMNS`.
-const COLUMNS: &str = "partition, sequence, transaction_id, key, key_version, event_id, \
-     event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates";
 
 /// The events of `partition` of topic `topic_id` with `after < sequence <=
 /// upto` (and a type in `types`, unless it is empty), in order: at most
