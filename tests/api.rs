@@ -1215,13 +1215,36 @@ async fn long_and_short_pages_read_the_same_events() {
     let (long_cleared, _) = read(10_000, &["Cleared"]).await;
     let (short_cleared, _) = read(9, &["Cleared"]).await;
     assert_eq!(long_cleared, short_cleared);
-    let cleared: Vec<_> = long.into_iter().filter(|e| e.r#type == "Cleared").collect();
+    let cleared: Vec<_> = long
+        .iter()
+        .filter(|e| e.r#type == "Cleared")
+        .cloned()
+        .collect();
     assert_eq!(long_cleared, cleared);
     assert_eq!(cleared.len(), 300);
+
+    // A key's events, long (stepped on SQLite) and short pages alike.
+    for key in ["a", "é-ключ"] {
+        let long_key: Vec<proto::Event> = read_key_pages(&mut hub.client(), "pages", key, 10_000)
+            .await
+            .into_iter()
+            .flat_map(|p| p.events)
+            .collect();
+        let short_key: Vec<proto::Event> = read_key_pages(&mut hub.client(), "pages", key, 9)
+            .await
+            .into_iter()
+            .flat_map(|p| p.events)
+            .collect();
+        assert_eq!(long_key.len(), 200);
+        assert_eq!(long_key, short_key);
+        let in_partition: Vec<&proto::Event> = long.iter().filter(|e| e.key == key).collect();
+        assert_eq!(long_key.iter().collect::<Vec<_>>(), in_partition);
+    }
 }
 
 /// Pages of large events stay under gRPC's 4 MiB message limit and skip
-/// nothing, whether read in one long run or by short reads.
+/// nothing, whether read in one long run or by short reads, from a
+/// partition or by key.
 #[tokio::test]
 async fn pages_of_large_events_are_cut_by_size() {
     let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
@@ -1247,4 +1270,20 @@ async fn pages_of_large_events_are_cut_by_size() {
     let pages = pages.len();
     assert_eq!(sequences, (1..=300).collect::<Vec<u64>>());
     assert!(pages >= 2, "6 MB of events came in {pages} page(s)");
+
+    let pages = read_key_pages(&mut hub.client(), "big", "k", 10_000).await;
+    for page in &pages {
+        assert!(prost::Message::encoded_len(page) < 4 << 20);
+    }
+    let versions: Vec<u64> = pages
+        .iter()
+        .flat_map(|p| &p.events)
+        .map(|e| e.key_version)
+        .collect();
+    assert_eq!(versions, (1..=300).collect::<Vec<u64>>());
+    assert!(
+        pages.len() >= 2,
+        "6 MB of a key's events came in {} page(s)",
+        pages.len()
+    );
 }

@@ -244,6 +244,30 @@ pub async fn read_pages(
     pages
 }
 
+/// Every page of ReadKey of `key` from its first version.
+pub async fn read_key_pages(
+    client: &mut Client,
+    topic: &str,
+    key: &str,
+    max_events: u32,
+) -> Vec<proto::ReadKeyResponse> {
+    let mut stream = client
+        .read_key(proto::ReadKeyRequest {
+            topic: topic.into(),
+            key: key.into(),
+            max_events,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut pages = Vec::new();
+    while let Some(page) = stream.next().await {
+        pages.push(page.unwrap());
+    }
+    pages
+}
+
 /// An event with a key, a type and a payload.
 pub fn ev(key: &str, ty: &str, payload: &str) -> AppendEvent {
     AppendEvent {

@@ -42,6 +42,26 @@ pub(crate) fn event_from_row(row: &DbRow, first: usize) -> Result<EventRow> {
     })
 }
 
+/// The events of `rows` (of `EVENT_COLUMNS`), decoded as they arrive while
+/// the database sends the rest, up to the first that takes the page past
+/// [`PAGE_BYTES`]: a page of large events is never loaded whole.
+async fn page(
+    mut rows: impl futures::Stream<Item = std::result::Result<DbRow, sqlx::Error>> + Unpin,
+    limit: usize,
+) -> Result<Vec<EventRow>> {
+    let mut events = Vec::with_capacity(limit.min(1024));
+    let mut bytes = 0;
+    while let Some(row) = rows.try_next().await? {
+        let event = event_from_row(&row, 0)?;
+        bytes += event.size();
+        events.push(event);
+        if bytes > PAGE_BYTES {
+            break;
+        }
+    }
+    Ok(events)
+}
+
 /// Topic rows with their heads, from `SELECT` rows of `TOPIC_COLUMNS`
 /// ordered by topic, then partition.
 pub(crate) fn topic_rows(rows: &[DbRow]) -> Result<Vec<TopicRow>> {
@@ -158,20 +178,7 @@ impl Reads {
         for t in types {
             q = q.bind(t);
         }
-        // Rows are decoded as they arrive, while the database sends the
-        // rest, rather than after the last one.
-        let mut rows = q.fetch(&self.pool);
-        let mut events = Vec::with_capacity(limit.min(1024));
-        let mut bytes = 0;
-        while let Some(row) = rows.try_next().await? {
-            let event = event_from_row(&row, 0)?;
-            bytes += event.size();
-            events.push(event);
-            if bytes > PAGE_BYTES {
-                break;
-            }
-        }
-        Ok(events)
+        page(q.fetch(&self.pool), limit).await
     }
 
     pub(crate) async fn invalidated_between(
@@ -323,14 +330,12 @@ impl Reads {
             "SELECT {EVENT_COLUMNS} FROM events e WHERE e.topic_id = $1 AND e.key = $2 \
              AND e.key_version >= $3 AND e.key_version <= $4 ORDER BY e.key_version LIMIT $5"
         );
-        let rows = sqlx::query(&sql)
+        let q = sqlx::query(&sql)
             .bind(topic.id)
             .bind(key)
             .bind(from as i64)
             .bind(upto as i64)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| event_from_row(r, 0)).collect()
+            .bind(limit as i64);
+        page(q.fetch(&self.pool), limit).await
     }
 }
