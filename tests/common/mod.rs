@@ -225,7 +225,7 @@ pub async fn read_pages(
     max_events: u32,
     types: &[&str],
 ) -> Vec<proto::ReadPartitionResponse> {
-    let mut stream = client
+    let stream = client
         .read_partition(ReadPartitionRequest {
             topic: topic.into(),
             partition,
@@ -237,11 +237,7 @@ pub async fn read_pages(
         .await
         .unwrap()
         .into_inner();
-    let mut pages = Vec::new();
-    while let Some(page) = stream.next().await {
-        pages.push(page.unwrap());
-    }
-    pages
+    every_message(stream).await
 }
 
 /// Every page of ReadKey of `key` from its first version.
@@ -251,7 +247,7 @@ pub async fn read_key_pages(
     key: &str,
     max_events: u32,
 ) -> Vec<proto::ReadKeyResponse> {
-    let mut stream = client
+    let stream = client
         .read_key(proto::ReadKeyRequest {
             topic: topic.into(),
             key: key.into(),
@@ -261,11 +257,16 @@ pub async fn read_key_pages(
         .await
         .unwrap()
         .into_inner();
-    let mut pages = Vec::new();
-    while let Some(page) = stream.next().await {
-        pages.push(page.unwrap());
+    every_message(stream).await
+}
+
+/// Every message of a server stream, which must end without an error.
+pub async fn every_message<T>(mut stream: tonic::Streaming<T>) -> Vec<T> {
+    let mut messages = Vec::new();
+    while let Some(message) = stream.next().await {
+        messages.push(message.unwrap());
     }
-    pages
+    messages
 }
 
 /// An event with a key, a type and a payload.
