@@ -7,11 +7,11 @@
 //! order across processes. A writer whose own commit is still the topic's
 //! last skips that transaction: it writes in one statement that takes the
 //! lock and writes only if nothing was committed to the topic since
-//! (`write_sql`'s guarded form), else it plans again under the lock. In the same transaction the writer sends a
-//! `NOTIFY` with the new heads; PostgreSQL delivers it to every listening
-//! process when, and only when, the transaction commits, so a long-poll on
-//! one process wakes for a commit made through another without polling the
-//! database.
+//! (`write_sql`'s guarded form), else it plans again under the lock. In the
+//! same transaction (or statement) the writer sends a `NOTIFY` with the new
+//! heads; PostgreSQL delivers it to every listening process when, and only
+//! when, the transaction commits, so a long-poll on one process wakes for a
+//! commit made through another without polling the database.
 //!
 //! If the listener's connection drops, notifications sent meanwhile are
 //! lost; the listener reconnects (with backoff) and then reads every
