@@ -24,6 +24,9 @@ pub enum HubError {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// A failure that retrying would not cure; the cause is in the log.
+    #[error("{0}")]
+    Internal(String),
     #[error("storage error")]
     Storage(#[from] sqlx::Error),
     #[error("storage migration failed")]
@@ -57,7 +60,15 @@ impl HubError {
             HubError::Storage(e) if Self::storage_unavailable(e) => HubError::Unavailable(format!(
                 "the hub's database is unavailable ({e}); the append was not stored, retry later"
             )),
-            other => HubError::Unavailable(format!("the append was not stored: {other}; retry")),
+            HubError::Unavailable(m) => {
+                HubError::Unavailable(format!("the append was not stored: {m}; retry"))
+            }
+            other => {
+                tracing::error!(error = ?other, "append not stored");
+                HubError::Internal(format!(
+                    "the append was not stored: the database refused it ({other}); see the hub's log"
+                ))
+            }
         }
     }
 
@@ -113,6 +124,7 @@ impl From<HubError> for Status {
                 status
             }
             HubError::Unavailable(m) => Status::unavailable(m),
+            HubError::Internal(m) => Status::internal(m),
             HubError::Storage(e) if HubError::storage_unavailable(&e) => {
                 tracing::warn!(error = %e, "storage unavailable");
                 Status::unavailable(format!(

@@ -42,7 +42,8 @@ struct ServeArgs {
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://eventhub.db")]
     database: String,
     /// Partition count of topics created by Append or by CreateTopic without a count.
-    #[arg(long, env = "EVENTHUB_DEFAULT_PARTITIONS", default_value_t = 16)]
+    #[arg(long, env = "EVENTHUB_DEFAULT_PARTITIONS", default_value_t = 16,
+          value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..=1024))]
     default_partitions: u32,
     /// Refuse appends to unknown topics (NOT_FOUND) instead of creating them.
     #[arg(long, env = "EVENTHUB_NO_AUTO_CREATE")]
@@ -57,20 +58,25 @@ struct ServeArgs {
     )]
     sqlite_synchronous: SqliteSync,
     /// Largest event in bytes (key, type, content type, event id, headers and payload).
-    #[arg(long, default_value_t = Limits::default().max_event_bytes)]
+    #[arg(long, default_value_t = Limits::default().max_event_bytes, value_parser = at_least_one())]
     max_event_bytes: usize,
     /// Most events in one Append.
-    #[arg(long, default_value_t = Limits::default().max_events_per_append)]
+    #[arg(long, default_value_t = Limits::default().max_events_per_append, value_parser = at_least_one())]
     max_events_per_append: usize,
     /// Largest request in bytes.
-    #[arg(long, default_value_t = Limits::default().max_request_bytes)]
+    #[arg(long, default_value_t = Limits::default().max_request_bytes, value_parser = at_least_one())]
     max_request_bytes: usize,
     /// Most events per page of a read.
-    #[arg(long, default_value_t = Limits::default().max_page_events)]
+    #[arg(long, default_value_t = Limits::default().max_page_events, value_parser = at_least_one())]
     max_page_events: usize,
     /// Longest long-poll wait in milliseconds.
     #[arg(long, default_value_t = 300_000)]
     max_wait_ms: u64,
+}
+
+/// A limit of 0 would refuse or page everything; clap says so at start-up.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -54,10 +54,12 @@ impl Hub {
     }
 
     fn page_size(&self, asked: u32) -> usize {
-        match asked as usize {
+        let asked = match asked as usize {
             0 => DEFAULT_PAGE,
-            n => n.min(self.limits.max_page_events),
-        }
+            n => n,
+        };
+        // At least one event, whatever the limit is set to.
+        asked.min(self.limits.max_page_events).max(1)
     }
 
     async fn topic(&self, name: &str) -> Result<(TopicName, Arc<TopicState>)> {
@@ -470,6 +472,8 @@ impl EventHubService for Hub {
     ) -> Result<Response<Self::SurfaceStream>, Status> {
         let req = request.into_inner();
         let (_, topic) = self.topic(&req.topic).await?;
+        validate::check_no_nul(&req.key_prefix, "key_prefix")?;
+        validate::check_no_nul(&req.after_key, "after_key")?;
         let hub = self.clone();
         Ok(Response::new(stream(|tx| hub.surface_loop(topic, req, tx))))
     }
@@ -502,6 +506,7 @@ impl EventHubService for Hub {
             ))
             .into());
         }
+        validate::check_no_nul(&req.reason, "reason")?;
         let reply = self
             .store
             .invalidate(name.clone(), req.transaction_id, req.reason)
@@ -546,6 +551,8 @@ impl EventHubService for Hub {
         request: Request<proto::ListTopicsRequest>,
     ) -> Result<Response<proto::ListTopicsResponse>, Status> {
         let req = request.into_inner();
+        validate::check_no_nul(&req.name_prefix, "name_prefix")?;
+        validate::check_no_nul(&req.after_name, "after_name")?;
         let limit = match req.limit {
             0 => 100,
             n => (n as usize).min(1000),

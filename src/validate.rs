@@ -45,8 +45,8 @@ impl TopicName {
         }
         if name.len() > MAX_NAME {
             return Err(HubError::invalid(format!(
-                "topic name is {} characters long; the limit is {MAX_NAME}",
-                name.chars().count()
+                "topic name is {} bytes long; the limit is {MAX_NAME}",
+                name.len()
             )));
         }
         if let Some(c) = name
@@ -183,7 +183,7 @@ fn check_event_type(t: &str, i: usize) -> Result<()> {
     }
     if t.len() > MAX_NAME {
         return Err(HubError::invalid(format!(
-            "events[{i}].type is {} characters long; the limit is {MAX_NAME}",
+            "events[{i}].type is {} bytes long; the limit is {MAX_NAME}",
             t.len()
         )));
     }
@@ -212,6 +212,19 @@ pub fn check_type_filter(types: &[String]) -> Result<()> {
                 "types contains {t:?}; a type is 1–{MAX_NAME} characters"
             )));
         }
+        check_no_nul(t, "types")?;
+    }
+    Ok(())
+}
+
+/// Refuses the NUL character (U+0000) in text the hub stores or compares:
+/// PostgreSQL's text cannot hold it, and an input must mean the same on
+/// both backends.
+pub fn check_no_nul(text: &str, field: &str) -> Result<()> {
+    if text.contains('\0') {
+        return Err(HubError::invalid(format!(
+            "{field} contains the NUL character (U+0000), which the hub does not store; remove it"
+        )));
     }
     Ok(())
 }
@@ -223,6 +236,7 @@ pub fn check_key(key: &str, field: &str) -> Result<()> {
             "{field} is empty; every event needs a key"
         )));
     }
+    check_no_nul(key, field)?;
     if key.len() > MAX_KEY_BYTES {
         return Err(HubError::invalid(format!(
             "{field} is {} bytes long; the limit is {MAX_KEY_BYTES}",
@@ -271,6 +285,7 @@ pub fn append_events(events: Vec<proto::AppendEvent>, limits: &Limits) -> Result
                 e.event_id.len()
             )));
         }
+        check_no_nul(&e.event_id, &format!("events[{i}].event_id"))?;
         if !e.event_id.is_empty() && !ids.insert(e.event_id.clone()) {
             return Err(HubError::invalid(format!(
                 "events[{i}].event_id {:?} appears twice in this Append; event ids are unique",

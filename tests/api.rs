@@ -1078,6 +1078,55 @@ async fn invalidation_reaches_events_read_while_followed() {
     );
 }
 
+/// Events read from the database before their transaction was invalidated
+/// are marked when read again, by ReadPartition and ReadKey: partition
+/// reads remember that a topic has no invalidations only until its next
+/// transaction.
+#[tokio::test]
+async fn invalidation_marks_events_read_before_it() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
+    hub.append("ivr", vec![ev("k", "Set", "good")]).await;
+    let bad = hub.append("ivr", vec![ev("k", "Set", "bad")]).await;
+    let marks = |events: &[proto::Event]| -> Vec<(Vec<u8>, bool)> {
+        events
+            .iter()
+            .map(|e| (e.payload.clone(), e.transaction_invalidated))
+            .collect()
+    };
+    let by_key = |pages: Vec<proto::ReadKeyResponse>| -> Vec<proto::Event> {
+        pages.into_iter().flat_map(|p| p.events).collect()
+    };
+    let (before, _) = hub.read_all("ivr", 0, "_first").await;
+    assert_eq!(
+        marks(&before),
+        [(b"good".to_vec(), false), (b"bad".to_vec(), false)]
+    );
+    let before = by_key(read_key_pages(&mut hub.client(), "ivr", "k", 0).await);
+    assert_eq!(
+        marks(&before),
+        [(b"good".to_vec(), false), (b"bad".to_vec(), false)]
+    );
+    hub.client()
+        .invalidate(proto::InvalidateRequest {
+            topic: "ivr".into(),
+            transaction_id: bad.transaction_id,
+            reason: "wrong".into(),
+        })
+        .await
+        .unwrap();
+    let (after, _) = hub.read_all("ivr", 0, "_first").await;
+    assert_eq!(
+        marks(&after[..2]),
+        [(b"good".to_vec(), false), (b"bad".to_vec(), true)]
+    );
+    assert_eq!(after[2].r#type, "$invalidation");
+    let after = by_key(read_key_pages(&mut hub.client(), "ivr", "k", 0).await);
+    assert_eq!(
+        marks(&after),
+        [(b"good".to_vec(), false), (b"bad".to_vec(), true)]
+    );
+}
+
 /// A batch the database refuses midway (a trigger raises on one key)
 /// stores nothing of it, takes no transaction id or sequence, and the hub
 /// goes on appending on the same database.
@@ -1114,7 +1163,8 @@ async fn append_refused_by_the_database_stores_nothing() {
     let refused = hub
         .append_err("refuse", vec![ev("b", "T", "2"), ev("poison", "T", "3")])
         .await;
-    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    // Retrying would fail the same way: INTERNAL, not UNAVAILABLE.
+    assert_eq!(refused.code(), Code::Internal, "{refused:?}");
     assert!(refused.message().contains("not stored"), "{refused:?}");
     let next = hub.append("refuse", vec![ev("b", "T", "4")]).await;
     assert_eq!(

@@ -41,6 +41,25 @@ fn read(topic: &str, partition: u32, cursor: &str) -> Call {
     })
 }
 
+fn call<F, Fut>(f: F) -> Call
+where
+    F: Fn(Client) -> Fut + 'static,
+    Fut: Future<Output = Result<(), tonic::Status>> + Send + 'static,
+{
+    Box::new(move |c| Box::pin(f(c)))
+}
+
+fn surface_call(req: proto::SurfaceRequest) -> Call {
+    call(move |mut c| {
+        let req = req.clone();
+        async move {
+            let mut s = c.surface(req).await?.into_inner();
+            while s.next().await.transpose()?.is_some() {}
+            Ok(())
+        }
+    })
+}
+
 /// Everything observable about the stored data.
 async fn state(hub: &TestHub) -> Vec<(String, u64, u64)> {
     let topics = hub
@@ -77,6 +96,8 @@ async fn bad_input_table() {
     dup[0].event_id = "same".into();
     dup[1].event_id = "same".into();
     let long_topic = "t".repeat(201);
+    let mut nul_id = ev("k", "T", "");
+    nul_id.event_id = "id\0".into();
     let cases: Vec<(&str, Call, Code, &str)> = vec![
         (
             "empty topic name",
@@ -206,6 +227,100 @@ async fn bad_input_table() {
             read("orders", p, &orders_cursor.replace(".1.", ".9.")),
             Code::InvalidArgument,
             "does not belong",
+        ),
+        // PostgreSQL's text cannot hold NUL; both backends refuse it alike.
+        (
+            "NUL in a key",
+            append("orders", vec![ev("a\0b", "T", "")]),
+            Code::InvalidArgument,
+            "events[0].key contains the NUL character",
+        ),
+        (
+            "NUL in an event id",
+            append("orders", vec![nul_id]),
+            Code::InvalidArgument,
+            "events[0].event_id contains the NUL character",
+        ),
+        (
+            "NUL in a type filter",
+            call(|mut c| async move {
+                let mut s = c
+                    .read_partition(ReadPartitionRequest {
+                        topic: "orders".into(),
+                        types: vec!["T\0".into()],
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                while s.next().await.transpose()?.is_some() {}
+                Ok(())
+            }),
+            Code::InvalidArgument,
+            "types contains the NUL character",
+        ),
+        (
+            "NUL in ReadKey's key",
+            call(|mut c| async move {
+                let mut s = c
+                    .read_key(proto::ReadKeyRequest {
+                        topic: "orders".into(),
+                        key: "k\0".into(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                while s.next().await.transpose()?.is_some() {}
+                Ok(())
+            }),
+            Code::InvalidArgument,
+            "key contains the NUL character",
+        ),
+        (
+            "NUL in a key prefix",
+            surface_call(proto::SurfaceRequest {
+                topic: "orders".into(),
+                key_prefix: "k\0".into(),
+                ..Default::default()
+            }),
+            Code::InvalidArgument,
+            "key_prefix contains the NUL character",
+        ),
+        (
+            "NUL in after_key",
+            surface_call(proto::SurfaceRequest {
+                topic: "orders".into(),
+                after_key: "\0".into(),
+                ..Default::default()
+            }),
+            Code::InvalidArgument,
+            "after_key contains the NUL character",
+        ),
+        (
+            "NUL in a topic name prefix",
+            call(|mut c| async move {
+                c.list_topics(proto::ListTopicsRequest {
+                    name_prefix: "o\0".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+            }),
+            Code::InvalidArgument,
+            "name_prefix contains the NUL character",
+        ),
+        (
+            "NUL in a reason",
+            call(|mut c| async move {
+                c.invalidate(proto::InvalidateRequest {
+                    topic: "orders".into(),
+                    transaction_id: 1,
+                    reason: "bad\0".into(),
+                })
+                .await
+                .map(|_| ())
+            }),
+            Code::InvalidArgument,
+            "reason contains the NUL character",
         ),
     ];
     let before = state(&hub).await;

@@ -178,6 +178,11 @@ async fn invalidation_by_another_process_reaches_followed_events() {
         assert_eq!(e.payload, payload);
         assert!(!e.transaction_invalidated);
     }
+    // Read from the database too (the tail does not hold "first"), so that
+    // hub A has checked the topic for invalidations before B makes one.
+    let (events, _) = read_all(&mut a.client.clone(), "iv", 0, "_first").await;
+    assert_eq!(events.len(), 3);
+    assert!(events.iter().all(|e| !e.transaction_invalidated));
     b.client
         .clone()
         .invalidate(eventhub::proto::InvalidateRequest {
@@ -199,6 +204,12 @@ async fn invalidation_by_another_process_reaches_followed_events() {
     assert!(
         events[0].transaction_invalidated,
         "hub A served the invalidated event as valid"
+    );
+    let (events, _) = read_all(&mut a.client.clone(), "iv", 0, "_first").await;
+    assert_eq!(events.len(), 4);
+    assert!(
+        events[2].transaction_invalidated,
+        "hub A served the invalidated event as valid from the database"
     );
 }
 

@@ -108,6 +108,10 @@ pub struct TopicState {
     /// Per partition, the latest events this process committed, while the
     /// partition has readers.
     tails: Vec<Mutex<Tail>>,
+    /// Whether the topic has invalidated transactions, as last checked:
+    /// `(last transaction known before the check << 1) | any`, 0 if never
+    /// checked. See [`Store::invalidated_in_page`].
+    invalidations_checked: AtomicU64,
 }
 
 /// Most events a partition's tail keeps.
@@ -414,6 +418,42 @@ impl Store {
         }
     }
 
+    /// The transactions of a partition page's `rows` that are invalidated,
+    /// as of the last transaction this process knows (which bounds the
+    /// page, as it bounds the heads).
+    ///
+    /// Most topics never invalidate anything, so whether a topic has any
+    /// invalidation is checked once per transaction known, not per page:
+    /// a catch-up read then costs one query a page instead of two. The
+    /// check remembers the last transaction known *before* it asked, so
+    /// every invalidation it could have missed came later, and moving
+    /// `last_transaction_id` past it makes the next call ask again.
+    async fn invalidated_in_page(
+        &self,
+        topic: &TopicState,
+        rows: &[EventRow],
+    ) -> Result<HashSet<u64>> {
+        if rows.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let known = topic.last_transaction();
+        let checked = topic.invalidations_checked.load(Ordering::Acquire);
+        let any = if known > 0 && checked >> 1 == known {
+            checked & 1 == 1
+        } else {
+            let any = reads!(self, r => r.has_invalidations(topic).await)?;
+            // A later check wins; of two at the same transaction, "some" does.
+            topic
+                .invalidations_checked
+                .fetch_max(known << 1 | u64::from(any), Ordering::AcqRel);
+            any
+        };
+        if !any {
+            return Ok(HashSet::new());
+        }
+        self.invalidated_in(topic, rows).await
+    }
+
     /// One page of a partition: its events with `after < sequence <= upto`,
     /// at most `limit`, only of `types` when not empty, with the page's
     /// invalidated transactions; served from the partition's tail in memory
@@ -439,7 +479,7 @@ impl Store {
             Some(last) if full => last.sequence,
             _ => upto,
         };
-        let invalidated = self.invalidated_in(topic, &rows).await?;
+        let invalidated = self.invalidated_in_page(topic, &rows).await?;
         Ok(PartitionPage {
             rows,
             invalidated,
@@ -533,6 +573,7 @@ impl TopicState {
             heads: (0..partition_count).map(|_| watch::channel(0).0).collect(),
             local_transaction_id: AtomicU64::new(0),
             tails: (0..partition_count).map(|_| Mutex::default()).collect(),
+            invalidations_checked: AtomicU64::new(0),
         }
     }
 

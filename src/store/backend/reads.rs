@@ -181,6 +181,16 @@ impl Reads {
         page(q.fetch(&self.pool), limit).await
     }
 
+    /// Whether any transaction of the topic is invalidated.
+    pub(crate) async fn has_invalidations(&self, topic: &TopicState) -> Result<bool> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT transaction_id FROM invalidations WHERE topic_id = $1 LIMIT 1")
+                .bind(topic.id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+
     pub(crate) async fn invalidated_between(
         &self,
         topic: &TopicState,

@@ -55,9 +55,30 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// too), hashes short keys several times faster than std's SipHash.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Most appends and events group-committed in one transaction.
+/// Most appends, events and bytes (payloads, headers, keys, ids, types)
+/// group-committed in one transaction. The bytes bound what one
+/// PostgreSQL statement carries (its messages are limited to 1 GiB): an
+/// Append may carry up to `max_request_bytes` (16 MiB by default), and a
+/// group commit of many such would otherwise fail as a whole, every time.
 const MAX_BATCH_APPENDS: usize = 1024;
 const MAX_BATCH_EVENTS: usize = 20_000;
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// The bytes of `events` that [`MAX_BATCH_BYTES`] counts.
+fn batch_bytes(events: &[NewEvent]) -> usize {
+    events
+        .iter()
+        .map(|e| {
+            let c = &e.content;
+            e.key.len()
+                + e.event_id.as_ref().map_or(0, String::len)
+                + c.event_type.len()
+                + c.content_type.len()
+                + c.headers.as_ref().map_or(0, Vec::len)
+                + c.payload.len()
+        })
+        .sum()
+}
 /// Most events in a batch written without taking the topic's lock first
 /// (`Writer::try_append_unlocked`). That saves about 0.1 ms of round trips,
 /// which pays for small commits (64 single-event producers on PostgreSQL:
@@ -867,13 +888,17 @@ impl Writer {
                     reply,
                 } => {
                     let mut n = events.len();
+                    let mut bytes = batch_bytes(&events);
                     let mut batch = vec![AppendReq {
                         topic,
                         events,
                         dedup_by_content,
                         reply,
                     }];
-                    while batch.len() < MAX_BATCH_APPENDS && n < MAX_BATCH_EVENTS {
+                    while batch.len() < MAX_BATCH_APPENDS
+                        && n < MAX_BATCH_EVENTS
+                        && bytes < MAX_BATCH_BYTES
+                    {
                         match rx.try_recv() {
                             Ok(WriteRequest::Append {
                                 topic,
@@ -882,6 +907,7 @@ impl Writer {
                                 reply,
                             }) => {
                                 n += events.len();
+                                bytes += batch_bytes(&events);
                                 batch.push(AppendReq {
                                     topic,
                                     events,
@@ -984,7 +1010,7 @@ impl Writer {
                 for req in batch {
                     let r = match self.try_append_batch(std::slice::from_ref(&req)).await {
                         Ok(mut r) => r.remove(0),
-                        Err(e) => Err(e),
+                        Err(e) => Err(HubError::not_stored(&e)),
                     };
                     let _ = req.reply.send(r);
                 }
