@@ -216,17 +216,34 @@ async fn reconnect(pool: &PgPool) -> PgListener {
     }
 }
 
-/// Applies a payload `<topic> <last transaction> <partition>:<head> ...`.
+/// This process, in the notifications its writer sends: random, so that
+/// processes sharing a database tell their own commits from the others'.
+static ORIGIN: LazyLock<String> = LazyLock::new(|| {
+    use std::hash::BuildHasher;
+    let seed = std::hash::RandomState::new().hash_one(std::process::id());
+    format!("@{seed:016x}")
+});
+
+/// Applies a payload `<topic> <last transaction> @<origin> <partition>:<head> ...`
+/// (the origin may be missing).
 fn apply(topics: &Registry, payload: &str) {
-    let mut parts = payload.split(' ');
+    let mut parts = payload.split(' ').peekable();
     let (Some(name), Some(Ok(last))) = (parts.next(), parts.next().map(str::parse::<u64>)) else {
         tracing::warn!(payload, "ignoring a malformed heads notification");
         return;
     };
+    let origin = parts.next_if(|p| p.starts_with('@'));
     // A topic this process has not loaded yet reads its heads when it is.
     let Some(state) = topics.read().unwrap().get(name).cloned() else {
         return;
     };
+    // Another process's commit may have invalidated events the tails hold,
+    // even one that took the transaction id this process's writer is
+    // trying (its guarded write then writes nothing): `advance` alone
+    // would take that commit for the writer's own.
+    if origin != Some(ORIGIN.as_str()) && last > state.last_transaction() {
+        state.forget_tails();
+    }
     let heads = parts.filter_map(|ph| {
         let (p, h) = ph.split_once(':')?;
         Some((p.parse().ok()?, h.parse().ok()?))
@@ -386,17 +403,101 @@ async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<bool> {
 }
 
 /// Notification payloads announcing new heads: `<topic> <last transaction>
-/// <partition>:<head> ...`, split to stay far below PostgreSQL's 8,000-byte
-/// payload limit.
+/// @<origin> <partition>:<head> ...`, split to stay far below PostgreSQL's
+/// 8,000-byte payload limit.
 fn heads_payloads(topic: &str, last_txn: u64, heads: &[(u32, u64)]) -> Vec<String> {
     heads
         .chunks(200)
         .map(|chunk| {
-            let mut s = format!("{topic} {last_txn}");
+            let mut s = format!("{topic} {last_txn} {}", *ORIGIN);
             for (p, h) in chunk {
                 s.push_str(&format!(" {p}:{h}"));
             }
             s
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EventRow, TopicRow, registered};
+    use crate::validate::Content;
+
+    fn row(sequence: u64, transaction_id: u64) -> EventRow {
+        EventRow {
+            partition: 0,
+            sequence,
+            transaction_id,
+            key: Some("k".into()),
+            key_version: sequence,
+            event_id: None,
+            content: Content {
+                event_type: "T".into(),
+                content_type: String::new(),
+                headers: None,
+                payload: Vec::new(),
+                tombstone: false,
+            },
+            committed_at_ms: 0,
+            invalidates: None,
+        }
+    }
+
+    /// The writer committed transaction 1 and is trying 2 when a
+    /// notification of transaction 2 arrives: the tails are kept if the
+    /// writer sent it, dropped if another process did.
+    #[test]
+    fn a_commit_elsewhere_drops_the_tails_even_with_the_writers_transaction_id() {
+        for (origin, kept) in [(ORIGIN.as_str(), true), ("@0123456789abcdef", false)] {
+            let topics = Registry::default();
+            let state = registered(
+                &topics,
+                &TopicRow {
+                    id: 1,
+                    name: "t".into(),
+                    partition_count: 1,
+                    created_at_ms: 0,
+                    last_transaction_id: 0,
+                    heads: vec![(0, 0)],
+                },
+            );
+            let _reader = state.heads[0].subscribe();
+            state.committing(1);
+            state.remember([row(1, 1)]);
+            state.advance(1, [(0, 1)]);
+            state.committing(2);
+            apply(&topics, &format!("t 2 {origin} 0:2"));
+            assert_eq!(state.head(0), 2);
+            let tail = state.tail_page(0, 0, 2, 10, &[]);
+            assert_eq!(tail.is_some(), kept, "origin {origin}");
+        }
+    }
+
+    /// Payloads of processes that send no origin are applied as commits
+    /// from elsewhere.
+    #[test]
+    fn a_payload_without_origin_is_applied() {
+        let topics = Registry::default();
+        let state = registered(
+            &topics,
+            &TopicRow {
+                id: 1,
+                name: "t".into(),
+                partition_count: 2,
+                created_at_ms: 0,
+                last_transaction_id: 0,
+                heads: vec![(0, 0), (1, 0)],
+            },
+        );
+        apply(&topics, "t 3 0:2 1:5");
+        assert_eq!(
+            (state.last_transaction(), state.head(0), state.head(1)),
+            (3, 2, 5)
+        );
+        let payloads = heads_payloads("t", 4, &[(1, 6)]);
+        assert_eq!(payloads, [format!("t 4 {} 1:6", *ORIGIN)]);
+        apply(&topics, &payloads[0]);
+        assert_eq!((state.last_transaction(), state.head(1)), (4, 6));
+    }
 }
