@@ -27,6 +27,10 @@ pub enum HubError {
     /// A failure that retrying would not cure; the cause is in the log.
     #[error("{0}")]
     Internal(String),
+    /// The database was lost while it committed: the write may or may not
+    /// have happened.
+    #[error("{0}")]
+    MaybeStored(String),
     #[error("storage error")]
     Storage(#[from] sqlx::Error),
     #[error("storage migration failed")]
@@ -48,7 +52,7 @@ impl HubError {
     /// succeed when retried), as opposed to a bad request or a bug.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            HubError::Unavailable(_) => true,
+            HubError::Unavailable(_) | HubError::MaybeStored(_) => true,
             HubError::Storage(e) => Self::storage_unavailable(e),
             _ => false,
         }
@@ -63,6 +67,7 @@ impl HubError {
             HubError::Unavailable(m) => {
                 HubError::Unavailable(format!("the append was not stored: {m}; retry"))
             }
+            HubError::MaybeStored(m) => HubError::MaybeStored(m.clone()),
             other => {
                 tracing::error!(error = ?other, "append not stored");
                 HubError::Internal(format!(
@@ -125,6 +130,9 @@ impl From<HubError> for Status {
             }
             HubError::Unavailable(m) => Status::unavailable(m),
             HubError::Internal(m) => Status::internal(m),
+            // UNAVAILABLE, whose retries gRPC leaves to the caller for
+            // operations that are not idempotent; the message says why.
+            HubError::MaybeStored(m) => Status::unavailable(m),
             HubError::Storage(e) if HubError::storage_unavailable(&e) => {
                 tracing::warn!(error = %e, "storage unavailable");
                 Status::unavailable(format!(

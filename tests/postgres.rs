@@ -8,9 +8,12 @@ mod common;
 
 use common::*;
 use eventhub::proto::{AppendEvent, AppendRequest, Event, ExpectedVersion};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::SeqCst};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
-use tonic::Streaming;
+use tonic::{Code, Streaming};
 
 /// Two hub processes on one fresh database.
 async fn two_hubs(partitions: u32) -> Option<(HubProcess, HubProcess, String)> {
@@ -304,4 +307,157 @@ async fn a_commit_elsewhere_is_never_overwritten() {
         .await
         .unwrap();
     assert_eq!(last as u64, fourth.transaction_id);
+}
+
+/// What the proxy of [`commit_cutter`] does to the next COMMIT it sees.
+const PASS: u8 = 0;
+/// The connection is lost before PostgreSQL gets the COMMIT.
+const LOSE_COMMIT: u8 = 1;
+/// PostgreSQL commits; the connection is lost before its answer arrives.
+const LOSE_ANSWER: u8 = 2;
+
+/// A TCP proxy on loopback to the PostgreSQL server of `url`. Returns the
+/// URL through it and a switch that arms it for the next COMMIT (once).
+async fn commit_cutter(url: &str) -> (String, Arc<AtomicU8>) {
+    let mut proxied = url::Url::parse(url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        proxied.host_str().unwrap(),
+        proxied.port().unwrap_or(5432)
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    proxied.set_host(Some("127.0.0.1")).unwrap();
+    proxied
+        .set_port(Some(listener.local_addr().unwrap().port()))
+        .unwrap();
+    let switch = Arc::new(AtomicU8::new(PASS));
+    let armed = switch.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let armed = armed.clone();
+            tokio::spawn(async move {
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let answer_lost = Arc::new(AtomicBool::new(false));
+                let lose_answer = answer_lost.clone();
+                let up = async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match from_client.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        // sqlx sends COMMIT as a simple query: 'Q', length, text.
+                        if buf[..n].windows(7).any(|w| w == b"COMMIT\0") {
+                            match armed.swap(PASS, SeqCst) {
+                                LOSE_COMMIT => return,
+                                LOSE_ANSWER => lose_answer.store(true, SeqCst),
+                                _ => {}
+                            }
+                        }
+                        if to_server.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match from_server.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        // The client sends COMMIT only once it has every
+                        // earlier answer: what follows is COMMIT's.
+                        if answer_lost.load(SeqCst) {
+                            return;
+                        }
+                        if to_client.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                // Either direction ending closes both connections.
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    (proxied.to_string(), switch)
+}
+
+/// The connection to PostgreSQL is lost while it commits an Append. If
+/// the commit happened (only its answer was lost), the hub finds the
+/// events on a new connection and acknowledges the Append, which is stored
+/// once; if it did not, the Append is refused as not stored, and nothing
+/// of it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_whose_commit_loses_the_connection_is_answered_truthfully() {
+    let Some(server) = postgres_server() else {
+        return;
+    };
+    let url = fresh_postgres_database(&server).await;
+    let (proxied, next_commit) = commit_cutter(&url).await;
+    let hub = spawn_hub_with(|c| {
+        c.database_url = proxied;
+        c.default_partitions = 1;
+    })
+    .await;
+
+    // Once the hub serves, its start-up (migrations) has committed.
+    let topics = hub
+        .client()
+        .list_topics(eventhub::proto::ListTopicsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .topics;
+    assert!(topics.is_empty());
+
+    // Committed, answer lost (the first Append of a topic, which creates
+    // it, commits with BEGIN ... COMMIT); the next Append goes on from it.
+    next_commit.store(LOSE_ANSWER, SeqCst);
+    let first = hub.append("cut", vec![ev("k", "T", "1")]).await;
+    assert_eq!(next_commit.load(SeqCst), PASS, "no COMMIT was cut");
+    assert_eq!((first.transaction_id, first.results[0].key_version), (1, 1));
+    let second = hub.append("cut", vec![ev("k", "T", "2")]).await;
+    assert_eq!(
+        (second.transaction_id, second.results[0].key_version),
+        (2, 2)
+    );
+    let (events, _) = hub.read_all("cut", 0, "_first").await;
+    let got: Vec<(u64, &[u8])> = events
+        .iter()
+        .map(|e| (e.transaction_id, e.payload.as_slice()))
+        .collect();
+    assert_eq!(got, [(1, &b"1"[..]), (2, b"2")]);
+
+    // Not committed: refused as not stored, and the topic it would have
+    // created does not exist.
+    next_commit.store(LOSE_COMMIT, SeqCst);
+    let refused = hub.append_err("cut2", vec![ev("k", "T", "lost")]).await;
+    assert_eq!(next_commit.load(SeqCst), PASS, "no COMMIT was cut");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("not stored"), "{refused:?}");
+    let topics = hub
+        .client()
+        .list_topics(eventhub::proto::ListTopicsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .topics;
+    assert_eq!(
+        topics.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["cut"]
+    );
+    let again = hub.append("cut2", vec![ev("k", "T", "again")]).await;
+    assert_eq!((again.transaction_id, again.results[0].key_version), (1, 1));
+    let (events, _) = hub.read_all("cut2", 0, "_first").await;
+    let got: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+    assert_eq!(got, [b"again"]);
 }

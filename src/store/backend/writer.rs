@@ -987,6 +987,62 @@ impl Writer {
         }
     }
 
+    /// After committing failed with `error`: whether the transaction
+    /// committed all the same. When the connection is lost while the
+    /// database commits, the commit may have happened; a new connection
+    /// looks for the first event of the drafts (its position, transaction,
+    /// key version and commit time). `Ok(false)` when it is not there, or
+    /// when the error was no lost connection (the database refused the
+    /// commit, which then did not happen). An error when the database
+    /// cannot be asked: the caller then cannot say whether the appends
+    /// were stored, and says so.
+    async fn committed_anyway<'d>(
+        &mut self,
+        error: &HubError,
+        mut drafts: impl Iterator<Item = &'d TopicDraft>,
+        now: i64,
+    ) -> Result<bool> {
+        if !error.is_unavailable() {
+            return Ok(false);
+        }
+        // The connection is not to be trusted any more.
+        self.conn = None;
+        // A transaction is all or nothing: its first event tells.
+        let Some((topic_id, first)) = drafts.find_map(|d| Some((d.id, d.rows.first()?))) else {
+            return Ok(false);
+        };
+        let unknown = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "cannot tell whether a commit happened");
+            HubError::MaybeStored(format!(
+                "the connection to the hub's database was lost while it committed the append, \
+                 and the database cannot be asked now ({e}): the append may or may not be stored. \
+                 Read it back before appending it again, or retry with the same event ids (always safe)"
+            ))
+        };
+        let mut conn = self.pool.acquire().await.map_err(|e| unknown(&e))?;
+        let row: Option<(i64, Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT transaction_id, key, key_version, committed_at_ms FROM events \
+             WHERE topic_id = $1 AND partition = $2 AND sequence = $3",
+        )
+        .bind(topic_id)
+        .bind(first.partition as i64)
+        .bind(first.sequence as i64)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| unknown(&e))?;
+        let committed = row.is_some_and(|(t, key, v, at)| {
+            (t as u64, key.as_ref(), v as u64, at)
+                == (
+                    first.transaction_id,
+                    first.key.as_ref(),
+                    first.key_version,
+                    now,
+                )
+        });
+        tracing::warn!(error = %error, committed, "the connection was lost while committing; checked whether the commit happened");
+        Ok(committed)
+    }
+
     async fn append_batch(&mut self, batch: Vec<AppendReq>) {
         let result = loop {
             let r = self.prepare().try_append_batch(&batch).await;
@@ -1090,8 +1146,18 @@ impl Writer {
             }
         }
         if let Err(e) = tx.commit().await {
-            drafts.values().for_each(TopicDraft::not_committed);
-            return Err(e.into());
+            let e = HubError::from(e);
+            match self.committed_anyway(&e, drafts.values(), now).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    drafts.values().for_each(TopicDraft::not_committed);
+                    return Err(e);
+                }
+                Err(unknown) => {
+                    drafts.values().for_each(TopicDraft::not_committed);
+                    return Err(unknown);
+                }
+            }
         }
         for draft in drafts.values_mut() {
             if !(draft.created && draft.rows.is_empty()) {
@@ -1167,10 +1233,20 @@ impl Writer {
                 draft.not_committed();
                 return Ok(None);
             }
-            Err(e) => {
-                draft.not_committed();
-                return Err(e);
-            }
+            Err(e) => match self
+                .committed_anyway(&e, std::iter::once(&draft), now)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    draft.not_committed();
+                    return Err(e);
+                }
+                Err(unknown) => {
+                    draft.not_committed();
+                    return Err(unknown);
+                }
+            },
         }
         draft.cache_keys(&mut self.key_cache);
         draft.publish(&self.topics, now);
