@@ -49,14 +49,16 @@ where
     Box::new(move |c| Box::pin(f(c)))
 }
 
+/// Reads a server stream to its end; its first error, if any.
+async fn drain<T>(mut stream: tonic::Streaming<T>) -> Result<(), tonic::Status> {
+    while stream.next().await.transpose()?.is_some() {}
+    Ok(())
+}
+
 fn surface_call(req: proto::SurfaceRequest) -> Call {
     call(move |mut c| {
         let req = req.clone();
-        async move {
-            let mut s = c.surface(req).await?.into_inner();
-            while s.next().await.transpose()?.is_some() {}
-            Ok(())
-        }
+        async move { drain(c.surface(req).await?.into_inner()).await }
     })
 }
 
@@ -244,16 +246,12 @@ async fn bad_input_table() {
         (
             "NUL in a type filter",
             call(|mut c| async move {
-                let mut s = c
-                    .read_partition(ReadPartitionRequest {
-                        topic: "orders".into(),
-                        types: vec!["T\0".into()],
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                while s.next().await.transpose()?.is_some() {}
-                Ok(())
+                let req = ReadPartitionRequest {
+                    topic: "orders".into(),
+                    types: vec!["T\0".into()],
+                    ..Default::default()
+                };
+                drain(c.read_partition(req).await?.into_inner()).await
             }),
             Code::InvalidArgument,
             "types contains the NUL character",
@@ -261,16 +259,12 @@ async fn bad_input_table() {
         (
             "NUL in ReadKey's key",
             call(|mut c| async move {
-                let mut s = c
-                    .read_key(proto::ReadKeyRequest {
-                        topic: "orders".into(),
-                        key: "k\0".into(),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                while s.next().await.transpose()?.is_some() {}
-                Ok(())
+                let req = proto::ReadKeyRequest {
+                    topic: "orders".into(),
+                    key: "k\0".into(),
+                    ..Default::default()
+                };
+                drain(c.read_key(req).await?.into_inner()).await
             }),
             Code::InvalidArgument,
             "key contains the NUL character",

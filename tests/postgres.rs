@@ -309,6 +309,17 @@ async fn a_commit_elsewhere_is_never_overwritten() {
     assert_eq!(last as u64, fourth.transaction_id);
 }
 
+async fn topic_names(hub: &TestHub) -> Vec<String> {
+    let topics = hub
+        .client()
+        .list_topics(eventhub::proto::ListTopicsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .topics;
+    topics.into_iter().map(|t| t.name).collect()
+}
+
 /// What the proxy of [`commit_cutter`] does to the next COMMIT it sees.
 const PASS: u8 = 0;
 /// The connection is lost before PostgreSQL gets the COMMIT.
@@ -410,14 +421,7 @@ async fn an_append_whose_commit_loses_the_connection_is_answered_truthfully() {
     .await;
 
     // Once the hub serves, its start-up (migrations) has committed.
-    let topics = hub
-        .client()
-        .list_topics(eventhub::proto::ListTopicsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .topics;
-    assert!(topics.is_empty());
+    assert!(topic_names(&hub).await.is_empty());
 
     // Committed, answer lost (the first Append of a topic, which creates
     // it, commits with BEGIN ... COMMIT); the next Append goes on from it.
@@ -444,17 +448,7 @@ async fn an_append_whose_commit_loses_the_connection_is_answered_truthfully() {
     assert_eq!(next_commit.load(SeqCst), PASS, "no COMMIT was cut");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("not stored"), "{refused:?}");
-    let topics = hub
-        .client()
-        .list_topics(eventhub::proto::ListTopicsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .topics;
-    assert_eq!(
-        topics.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
-        ["cut"]
-    );
+    assert_eq!(topic_names(&hub).await, ["cut"]);
     let again = hub.append("cut2", vec![ev("k", "T", "again")]).await;
     assert_eq!((again.transaction_id, again.results[0].key_version), (1, 1));
     let (events, _) = hub.read_all("cut2", 0, "_first").await;

@@ -421,8 +421,9 @@ fn heads_payloads(topic: &str, last_txn: u64, heads: &[(u32, u64)]) -> Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{EventRow, TopicRow, registered};
+    use crate::store::{EventRow, TopicRow, TopicState, registered};
     use crate::validate::Content;
+    use std::sync::Arc;
 
     fn row(sequence: u64, transaction_id: u64) -> EventRow {
         EventRow {
@@ -444,24 +445,28 @@ mod tests {
         }
     }
 
+    /// A registry holding one new topic.
+    fn topic(name: &str, partitions: u32) -> (Registry, Arc<TopicState>) {
+        let topics = Registry::default();
+        let row = TopicRow {
+            id: 1,
+            name: name.into(),
+            partition_count: partitions,
+            created_at_ms: 0,
+            last_transaction_id: 0,
+            heads: (0..partitions).map(|p| (p, 0)).collect(),
+        };
+        let state = registered(&topics, &row);
+        (topics, state)
+    }
+
     /// The writer committed transaction 1 and is trying 2 when a
     /// notification of transaction 2 arrives: the tails are kept if the
     /// writer sent it, dropped if another process did.
     #[test]
     fn a_commit_elsewhere_drops_the_tails_even_with_the_writers_transaction_id() {
         for (origin, kept) in [(ORIGIN.as_str(), true), ("@0123456789abcdef", false)] {
-            let topics = Registry::default();
-            let state = registered(
-                &topics,
-                &TopicRow {
-                    id: 1,
-                    name: "t".into(),
-                    partition_count: 1,
-                    created_at_ms: 0,
-                    last_transaction_id: 0,
-                    heads: vec![(0, 0)],
-                },
-            );
+            let (topics, state) = topic("t", 1);
             let _reader = state.heads[0].subscribe();
             state.committing(1);
             state.remember([row(1, 1)]);
@@ -478,18 +483,7 @@ mod tests {
     /// from elsewhere.
     #[test]
     fn a_payload_without_origin_is_applied() {
-        let topics = Registry::default();
-        let state = registered(
-            &topics,
-            &TopicRow {
-                id: 1,
-                name: "t".into(),
-                partition_count: 2,
-                created_at_ms: 0,
-                last_transaction_id: 0,
-                heads: vec![(0, 0), (1, 0)],
-            },
-        );
+        let (topics, state) = topic("t", 2);
         apply(&topics, "t 3 0:2 1:5");
         assert_eq!(
             (state.last_transaction(), state.head(0), state.head(1)),
