@@ -1014,9 +1014,9 @@ impl Writer {
         let unknown = |e: &dyn std::fmt::Display| {
             tracing::warn!(error = %e, "cannot tell whether a commit happened");
             HubError::MaybeStored(format!(
-                "the connection to the hub's database was lost while it committed the append, \
-                 and the database cannot be asked now ({e}): the append may or may not be stored. \
-                 Read it back before appending it again, or retry with the same event ids (always safe)"
+                "the hub's database is unavailable ({e}); the connection was lost while the append \
+                 was being committed, so it may or may not be stored. Read it back before appending \
+                 it again, or retry with the same event ids (always safe)"
             ))
         };
         let mut conn = self.pool.acquire().await.map_err(|e| unknown(&e))?;
