@@ -990,19 +990,18 @@ impl Writer {
     /// After committing failed with `error`: whether the transaction
     /// committed all the same. When the connection is lost while the
     /// database commits, the commit may have happened; a new connection
-    /// looks for the first event of the drafts (its position, transaction,
-    /// key version and commit time). `Ok(false)` when it is not there, or
-    /// when the error was no lost connection (the database refused the
-    /// commit, which then did not happen). An error when the database
-    /// cannot be asked: the caller then cannot say whether the appends
-    /// were stored, and says so.
+    /// looks for the transaction's first event (position, transaction, key,
+    /// version, event id, payload and commit time). `Ok(false)` when it is
+    /// not there, or when the database answered with an error (it then
+    /// rolled back). An error when the database cannot be asked: the
+    /// caller then cannot say whether the appends were stored, and says so.
     async fn committed_anyway<'d>(
         &mut self,
         error: &HubError,
         mut drafts: impl Iterator<Item = &'d TopicDraft>,
         now: i64,
     ) -> Result<bool> {
-        if !error.is_unavailable() {
+        if !error.is_unavailable() || matches!(error, HubError::Storage(sqlx::Error::Database(_))) {
             return Ok(false);
         }
         // The connection is not to be trusted any more.
@@ -1020,24 +1019,56 @@ impl Writer {
             ))
         };
         let mut conn = self.pool.acquire().await.map_err(|e| unknown(&e))?;
-        let row: Option<(i64, Option<String>, i64, i64)> = sqlx::query_as(
-            "SELECT transaction_id, key, key_version, committed_at_ms FROM events \
+        let mut tx = conn.begin().await.map_err(|e| unknown(&e))?;
+        if !dialect::SOLE_WRITER {
+            // The lost session may still be committing, or still waiting
+            // for the topic's row to write (it locks that row until its
+            // transaction ends): wait behind it.
+            sqlx::query("SET LOCAL lock_timeout = '5s'")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unknown(&e))?;
+            sqlx::query("SELECT 1 FROM topics WHERE topic_id = $1 FOR SHARE")
+                .bind(topic_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unknown(&e))?;
+            // A topic the lost transaction created is invisible to that
+            // lock until it commits; an insert at the first event's place
+            // waits for whoever is inserting there (rolled back below).
+            sqlx::query(
+                "INSERT INTO events (topic_id, partition, sequence, transaction_id, key_version, \
+                 event_type, content_type, payload, tombstone, committed_at_ms) \
+                 VALUES ($1, $2, $3, 0, 0, '', '', $4, false, 0) ON CONFLICT DO NOTHING",
+            )
+            .bind(topic_id)
+            .bind(first.partition as i64)
+            .bind(first.sequence as i64)
+            .bind(Vec::<u8>::new())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unknown(&e))?;
+        }
+        // transaction_id, key, key_version, event_id, payload, committed_at_ms
+        type Found = (i64, Option<String>, i64, Option<String>, Vec<u8>, i64);
+        let row: Option<Found> = sqlx::query_as(
+            "SELECT transaction_id, key, key_version, event_id, payload, committed_at_ms FROM events \
              WHERE topic_id = $1 AND partition = $2 AND sequence = $3",
         )
         .bind(topic_id)
         .bind(first.partition as i64)
         .bind(first.sequence as i64)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| unknown(&e))?;
-        let committed = row.is_some_and(|(t, key, v, at)| {
-            (t as u64, key.as_ref(), v as u64, at)
-                == (
-                    first.transaction_id,
-                    first.key.as_ref(),
-                    first.key_version,
-                    now,
-                )
+        let _ = tx.rollback().await;
+        let committed = row.is_some_and(|(t, key, v, id, payload, at)| {
+            t as u64 == first.transaction_id
+                && key == first.key
+                && v as u64 == first.key_version
+                && id == first.event_id
+                && payload == first.content.payload
+                && at == now
         });
         tracing::warn!(error = %error, committed, "the connection was lost while committing; checked whether the commit happened");
         Ok(committed)
