@@ -237,11 +237,15 @@ fn apply(topics: &Registry, payload: &str) {
     let Some(state) = topics.read().unwrap().get(name).cloned() else {
         return;
     };
-    // Another process's commit may have invalidated events the tails hold,
-    // even one that took the transaction id this process's writer is
-    // trying (its guarded write then writes nothing): `advance` alone
-    // would take that commit for the writer's own.
-    if origin != Some(ORIGIN.as_str()) && last > state.last_transaction() {
+    // Another process's commit may have invalidated events the tails hold.
+    // `advance` drops them for any new transaction but the one this
+    // process's writer is trying, which another process may have taken
+    // (the writer's guarded write then writes nothing): only the origin
+    // tells that one apart.
+    if origin != Some(ORIGIN.as_str())
+        && last > state.last_transaction()
+        && last == state.local_transaction()
+    {
         state.forget_tails();
     }
     let heads = parts.filter_map(|ph| {
