@@ -9,7 +9,7 @@ use crate::error::{HubError, Result};
 use crate::proto::{self, event_hub_service_server::EventHubService};
 use crate::store::{AppendOutcome, EventRow, PAGE_BYTES, Store, StoredPos, TopicState};
 use crate::validate::{self, TopicName};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,11 @@ type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Default page size of reads.
 const DEFAULT_PAGE: usize = 100;
+/// Fewest events a partition read takes from the database at once (the
+/// next multiple of the page size asked); it sends them in pages of that
+/// size. Reading the 100 events of a default page costs nearly as much as
+/// reading 1,000. Each read is also bounded by [`PAGE_BYTES`].
+const READ_AHEAD: usize = 1000;
 /// Keys per Surface page.
 const SURFACE_PAGE: usize = 1000;
 /// Smallest heartbeat interval a follower may ask for.
@@ -81,15 +86,25 @@ impl Hub {
 /// Cuts `rows` to the longest prefix (at least one row) within
 /// [`PAGE_BYTES`]; true when it cut.
 fn fit(rows: &mut Vec<EventRow>) -> bool {
+    let n = fitting(rows.iter());
+    let cut = n < rows.len();
+    rows.truncate(n);
+    cut
+}
+
+/// How many of `rows` (at least one, if any) fit in a page of
+/// [`PAGE_BYTES`].
+fn fitting<'a>(rows: impl Iterator<Item = &'a EventRow>) -> usize {
     let mut total = 0;
-    for (i, r) in rows.iter().enumerate() {
+    let mut n = 0;
+    for r in rows {
         total += r.size();
-        if total > PAGE_BYTES && i > 0 {
-            rows.truncate(i);
-            return true;
+        if total > PAGE_BYTES && n > 0 {
+            break;
         }
+        n += 1;
     }
-    false
+    n
 }
 
 fn timestamp(ms: i64) -> prost_types::Timestamp {
@@ -215,31 +230,45 @@ impl Hub {
         loop {
             let head = *heads.borrow_and_update();
             if head > pos {
-                let mut read = self
+                let read = self
                     .store
-                    .read_page(&a.topic, a.partition, pos, head, a.page, &a.types)
+                    .read_page(
+                        &a.topic,
+                        a.partition,
+                        pos,
+                        head,
+                        a.page * READ_AHEAD.div_ceil(a.page),
+                        &a.types,
+                    )
                     .await?;
-                let cut = fit(&mut read.rows);
-                pos = match read.rows.last() {
-                    Some(last) if cut => last.sequence,
-                    _ => read.scanned,
-                };
-                let events: Vec<proto::Event> = read
-                    .rows
-                    .into_iter()
-                    .map(|r| to_event(&a.topic.name, r, &read.invalidated))
-                    .collect();
-                let caught_up = pos >= a.topic.head(a.partition);
-                if events.is_empty() && !caught_up {
-                    continue;
-                }
-                if tx.send(Ok(page(events, pos, caught_up))).await.is_err() {
-                    return Ok(());
-                }
-                sent_any = true;
-                last_sent = Instant::now();
-                if caught_up && !a.follow {
-                    return Ok(());
+                let mut rows = VecDeque::from(read.rows);
+                // The read's events go out in pages of the size asked; the
+                // last page's cursor is where the read ended.
+                loop {
+                    let n = fitting(rows.iter().take(a.page));
+                    let events: Vec<proto::Event> = rows
+                        .drain(..n)
+                        .map(|r| to_event(&a.topic.name, r, &read.invalidated))
+                        .collect();
+                    pos = match events.last() {
+                        Some(last) if !rows.is_empty() => last.sequence,
+                        _ => read.scanned,
+                    };
+                    let caught_up = pos >= a.topic.head(a.partition);
+                    if events.is_empty() && !caught_up {
+                        break;
+                    }
+                    if tx.send(Ok(page(events, pos, caught_up))).await.is_err() {
+                        return Ok(());
+                    }
+                    sent_any = true;
+                    last_sent = Instant::now();
+                    if rows.is_empty() {
+                        if caught_up && !a.follow {
+                            return Ok(());
+                        }
+                        break;
+                    }
                 }
                 continue;
             }

@@ -1292,6 +1292,78 @@ async fn long_and_short_pages_read_the_same_events() {
     }
 }
 
+/// A read of more events than the hub takes from the database at once,
+/// in short pages: every page holds at most the events asked for, only the
+/// last says it caught up, and each page's cursor continues exactly after
+/// it, with and without a type filter.
+#[tokio::test]
+async fn short_pages_continue_exactly_where_they_end() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
+    for b in 0..5 {
+        let events = (0..500)
+            .map(|i| {
+                let n = b * 500 + i;
+                ev(
+                    &format!("k{}", n % 37),
+                    ["A", "B", "B"][n % 3],
+                    &format!("{n}"),
+                )
+            })
+            .collect();
+        hub.append("short", events).await;
+    }
+    let head = 2500;
+    for (types, expected) in [
+        (&[][..], (1..=head).collect::<Vec<u64>>()),
+        (
+            &["A"][..],
+            (1..=head).filter(|s| (s - 1) % 3 == 0).collect(),
+        ),
+    ] {
+        let pages = read_pages(&mut hub.client(), "short", 0, 7, types).await;
+        let sequences: Vec<u64> = pages
+            .iter()
+            .flat_map(|p| &p.events)
+            .map(|e| e.sequence)
+            .collect();
+        assert_eq!(sequences, expected, "types {types:?}");
+        let (last, rest) = pages.split_last().unwrap();
+        assert!(last.caught_up);
+        assert!(rest.iter().all(|p| !p.caught_up && p.events.len() == 7));
+        assert!(last.events.len() <= 7);
+        // The last page ends at the head, past any events filtered out.
+        assert_eq!(
+            eventhub::cursor::decode("short", 0, &last.cursor).unwrap(),
+            eventhub::cursor::Start::After(head)
+        );
+        for page in pages.iter().step_by(13) {
+            let next = hub
+                .client()
+                .read_partition(ReadPartitionRequest {
+                    topic: "short".into(),
+                    partition: 0,
+                    cursor: page.cursor.clone(),
+                    max_events: 1,
+                    types: types.iter().map(|t| t.to_string()).collect(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .message()
+                .await
+                .unwrap()
+                .unwrap();
+            let after = page.events.last().unwrap().sequence;
+            assert_eq!(
+                next.events.first().map(|e| e.sequence),
+                expected.iter().copied().find(|&s| s > after),
+                "types {types:?}, after {after}"
+            );
+        }
+    }
+}
+
 /// Pages of large events stay under gRPC's 4 MiB message limit and skip
 /// nothing, whether read in one long run or by short reads, from a
 /// partition or by key.
@@ -1320,6 +1392,15 @@ async fn pages_of_large_events_are_cut_by_size() {
     let pages = pages.len();
     assert_eq!(sequences, (1..=300).collect::<Vec<u64>>());
     assert!(pages >= 2, "6 MB of events came in {pages} page(s)");
+
+    let short = read_pages(&mut hub.client(), "big", 0, 7, &[]).await;
+    assert!(short.iter().all(|p| p.events.len() <= 7));
+    let short: Vec<u64> = short
+        .iter()
+        .flat_map(|p| &p.events)
+        .map(|e| e.sequence)
+        .collect();
+    assert_eq!(short, sequences);
 
     let pages = read_key_pages(&mut hub.client(), "big", "k", 10_000).await;
     for page in &pages {

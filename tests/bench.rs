@@ -103,6 +103,10 @@ fn quick_bench_measures_every_workload() {
             series(&json, "catch_up_read", b, "direct_read"),
             Some(size("read_events")),
         );
+        assert_measured(
+            series(&json, "catch_up_read", b, "hub_consumer_pages"),
+            Some(size("read_events")),
+        );
         assert_measured(series(&json, "delivery_latency", b, "hub"), None);
         assert_measured(
             series(&json, "surface", b, "surface"),

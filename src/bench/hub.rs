@@ -24,7 +24,9 @@ use tonic::transport::Channel;
 pub type Client = EventHubServiceClient<Channel>;
 
 /// Most events per page asked of ReadPartition (the server's default cap).
-const PAGE_EVENTS: u32 = 10_000;
+pub const PAGE_EVENTS: u32 = 10_000;
+/// The page size the consumers of `clients/` ask for by default.
+pub const CONSUMER_PAGE_EVENTS: u32 = 100;
 
 /// A hub serving on loopback until [`RunningHub::stop`].
 pub struct RunningHub {
@@ -217,11 +219,13 @@ pub fn tick_progress(pb: ProgressBar, started: Instant) -> JoinHandle<()> {
 }
 
 /// Workload 3 (and the full read of workload 5): reads one partition from
-/// `_first` to the head, no follow. Returns the elapsed time and the events
-/// read; checks they come in sequence order with no gap.
+/// `_first` to the head in pages of at most `page` events, no follow.
+/// Returns the elapsed time and the events read; checks they come in
+/// sequence order with no gap.
 pub async fn read_partition(
     client: &mut Client,
     partition: u32,
+    page: u32,
     pb: &ProgressBar,
 ) -> Result<(Duration, u64)> {
     let started = Instant::now();
@@ -230,7 +234,7 @@ pub async fn read_partition(
             topic: TOPIC.into(),
             partition,
             cursor: "_first".into(),
-            max_events: PAGE_EVENTS,
+            max_events: page,
             ..Default::default()
         })
         .await?

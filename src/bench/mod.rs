@@ -523,6 +523,12 @@ impl Bench {
         let units = [
             (wl::CATCH_UP_READ, sys::HUB, EVENTS_PER_S, catch_up),
             (wl::CATCH_UP_READ, sys::DIRECT_READ, EVENTS_PER_S, catch_up),
+            (
+                wl::CATCH_UP_READ,
+                sys::HUB_CONSUMER_PAGES,
+                EVENTS_PER_S,
+                catch_up,
+            ),
             (wl::SURFACE, sys::SURFACE, MS, surface),
             (wl::SURFACE, sys::READ_KEY, MS, surface),
             (wl::SURFACE, sys::FULL_READ, MS, surface),
@@ -613,7 +619,7 @@ impl Bench {
                 let pb =
                     self.progress
                         .bar(&self.label(round, name, "catch-up read · hub"), n, false);
-                let r = hub::read_partition(&mut d.hub.client(), 0, &pb).await;
+                let r = hub::read_partition(&mut d.hub.client(), 0, hub::PAGE_EVENTS, &pb).await;
                 let full = r
                     .as_ref()
                     .map(|&(t, got)| (t, got))
@@ -651,6 +657,23 @@ impl Bench {
                             .read_partition(TOPIC, 0, &pb)
                             .await
                             .map(|(t, got)| Round::rate(t, got, n));
+                        self.finish(pb, k, EVENTS_PER_S, r);
+                    }
+                    let k = key(wl::CATCH_UP_READ, name, sys::HUB_CONSUMER_PAGES);
+                    if self.report.wants(k) {
+                        let pb = self.progress.bar(
+                            &self.label(round, name, "catch-up read · hub, pages of 100"),
+                            n,
+                            false,
+                        );
+                        let r = hub::read_partition(
+                            &mut d.hub.client(),
+                            0,
+                            hub::CONSUMER_PAGE_EVENTS,
+                            &pb,
+                        )
+                        .await
+                        .map(|(t, got)| Round::rate(t, got, n));
                         self.finish(pb, k, EVENTS_PER_S, r);
                     }
                 }

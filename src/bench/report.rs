@@ -20,6 +20,9 @@ pub mod workload {
 pub mod system {
     /// The hub over gRPC.
     pub const HUB: &str = "hub";
+    /// The hub over gRPC, read in pages of 100 events: what the consumers
+    /// of `clients/` ask for by default.
+    pub const HUB_CONSUMER_PAGES: &str = "hub_consumer_pages";
     /// Multi-row INSERTs straight into the database.
     pub const DIRECT_INSERT: &str = "direct_insert";
     /// One row per transaction straight into the database.
@@ -568,6 +571,21 @@ impl<'a> Table<'a> {
                             "NATS JetStream ordered consumer",
                             Target::AtLeast(1.0),
                         );
+                        let pages = key(wl, be, s::HUB_CONSUMER_PAGES);
+                        if self.report.get(pages).is_some() {
+                            let label = format!(
+                                "3. catch-up read in pages of 100, the consumers' default ({} events)",
+                                thousands(sizes.read_events as u64)
+                            );
+                            self.compare(
+                                &label,
+                                be,
+                                pages,
+                                key(wl, be, s::DIRECT_READ),
+                                "direct SELECT ORDER BY sequence",
+                                Target::None,
+                            );
+                        }
                     }
                     w::DELIVERY_LATENCY => {
                         let bound = (be == b::SQLITE).then_some(5.0);
