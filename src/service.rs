@@ -23,7 +23,7 @@ type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Default page size of reads.
 const DEFAULT_PAGE: usize = 100;
-/// Fewest events a partition read takes from the database at once (the
+/// Fewest events a partition or key read takes from the database at once (the
 /// next multiple of the page size asked); it sends them in pages of that
 /// size. Reading the 100 events of a default page costs nearly as much as
 /// reading 1,000. Each read is also bounded by [`PAGE_BYTES`].
@@ -81,6 +81,11 @@ impl Hub {
             .map(|r| to_event(&topic.name, r, &invalid))
             .collect())
     }
+}
+
+/// How many events a read takes from the database for pages of `page`.
+fn read_size(page: usize) -> usize {
+    page * READ_AHEAD.div_ceil(page)
 }
 
 /// Cuts `rows` to the longest prefix (at least one row) within
@@ -237,7 +242,7 @@ impl Hub {
                         a.partition,
                         pos,
                         head,
-                        a.page * READ_AHEAD.div_ceil(a.page),
+                        read_size(a.page),
                         &a.types,
                     )
                     .await?;
@@ -401,29 +406,40 @@ impl Hub {
         let current = self.store.key_version(&topic, &req.key).await?;
         let mut from = req.from_version.max(1);
         loop {
-            let mut rows = if from <= current {
+            let rows = if from <= current {
                 self.store
-                    .read_key(&topic, &req.key, from, current, page)
+                    .read_key(&topic, &req.key, from, current, read_size(page))
                     .await?
             } else {
                 Vec::new()
             };
-            fit(&mut rows);
-            let next = rows.last().map(|last| last.key_version + 1);
-            let events = self.events(&topic, rows).await?;
-            if tx
-                .send(Ok(proto::ReadKeyResponse {
-                    events,
-                    current_version: current,
-                }))
-                .await
-                .is_err()
-            {
-                return Ok(());
-            }
-            match next {
-                Some(n) if n <= current => from = n,
-                _ => return Ok(()),
+            let invalid = self.store.invalidated_in(&topic, &rows).await?;
+            let mut rows = VecDeque::from(rows);
+            // The read's events go out in pages of the size asked.
+            loop {
+                let n = fitting(rows.iter().take(page));
+                let events: Vec<proto::Event> = rows
+                    .drain(..n)
+                    .map(|r| to_event(&topic.name, r, &invalid))
+                    .collect();
+                let next = events.last().map(|last| last.key_version + 1);
+                if tx
+                    .send(Ok(proto::ReadKeyResponse {
+                        events,
+                        current_version: current,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                match next {
+                    Some(n) if n <= current => from = n,
+                    _ => return Ok(()),
+                }
+                if rows.is_empty() {
+                    break;
+                }
             }
         }
     }

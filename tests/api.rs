@@ -1364,6 +1364,53 @@ async fn short_pages_continue_exactly_where_they_end() {
     }
 }
 
+/// ReadKey of a key with more events than the hub takes from the database
+/// at once, in short pages: each page holds at most the events asked for,
+/// in version order, with none skipped or repeated, and a page with an
+/// invalidated event marks it.
+#[tokio::test]
+async fn short_key_pages_read_every_version_once() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
+    let mut txns = Vec::new();
+    for b in 0..3 {
+        let events = (0..700)
+            .map(|i| ev("long", "Set", &format!("{}", b * 700 + i)))
+            .collect();
+        txns.push(hub.append("keyed", events).await.transaction_id);
+    }
+    hub.client()
+        .invalidate(proto::InvalidateRequest {
+            topic: "keyed".into(),
+            transaction_id: txns[1],
+            reason: "the second batch".into(),
+        })
+        .await
+        .unwrap();
+    let pages = read_key_pages(&mut hub.client(), "keyed", "long", 7).await;
+    assert!(pages.iter().all(|p| p.current_version == 2100));
+    assert!(
+        pages.iter().all(|p| p.events.len() == 7),
+        "2,100 events in full pages of 7"
+    );
+    let events: Vec<&proto::Event> = pages.iter().flat_map(|p| &p.events).collect();
+    let versions: Vec<u64> = events.iter().map(|e| e.key_version).collect();
+    assert_eq!(versions, (1..=2100).collect::<Vec<u64>>());
+    let payloads: Vec<String> = events
+        .iter()
+        .map(|e| String::from_utf8(e.payload.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        payloads,
+        (0..2100).map(|n| n.to_string()).collect::<Vec<_>>()
+    );
+    let invalidated: Vec<u64> = events
+        .iter()
+        .filter(|e| e.transaction_invalidated)
+        .map(|e| e.key_version)
+        .collect();
+    assert_eq!(invalidated, (701..=1400).collect::<Vec<u64>>());
+}
+
 /// Pages of large events stay under gRPC's 4 MiB message limit and skip
 /// nothing, whether read in one long run or by short reads, from a
 /// partition or by key.
