@@ -112,7 +112,14 @@ pub struct TopicState {
     /// `(last transaction known before the check << 1) | any`, 0 if never
     /// checked. See [`Store::invalidated_in_page`].
     invalidations_checked: AtomicU64,
+    /// The last transaction and heads of this process's own commit, when
+    /// its notification came before the writer published the commit
+    /// itself (see [`TopicState::defer_own`]).
+    deferred: Mutex<Option<Heads>>,
 }
+
+/// A last transaction and the `(partition, head)` pairs it brought.
+type Heads = (u64, Vec<(u32, u64)>);
 
 /// Most events a partition's tail keeps.
 const TAIL_EVENTS: usize = 1024;
@@ -574,6 +581,7 @@ impl TopicState {
             local_transaction_id: AtomicU64::new(0),
             tails: (0..partition_count).map(|_| Mutex::default()).collect(),
             invalidations_checked: AtomicU64::new(0),
+            deferred: Mutex::default(),
         }
     }
 
@@ -641,6 +649,41 @@ impl TopicState {
             } else {
                 tail.push(row);
             }
+        }
+    }
+
+    /// A notification of `last`, sent by this process's own commit, that
+    /// came before the writer published that commit: moving the heads now
+    /// would send the readers to the database for events the writer is
+    /// about to hand to the tails. Keeps the heads for the writer instead
+    /// and returns true, unless the writer already published `last` or
+    /// gave it up ([`TopicState::give_up`]).
+    pub(crate) fn defer_own(&self, last: u64, heads: Vec<(u32, u64)>) -> bool {
+        let mut deferred = self.deferred.lock().unwrap();
+        if last > self.last_transaction() && last == self.local_transaction() {
+            *deferred = Some((last, heads));
+            return true;
+        }
+        false
+    }
+
+    /// Called by this process's writer after it published its commit.
+    pub(crate) fn published(&self) {
+        self.deferred.lock().unwrap().take();
+    }
+
+    /// Called by this process's writer when it does not know whether its
+    /// commit happened: the commit is no longer its own, and if its
+    /// notification came meanwhile (so it did happen), the heads move.
+    pub(crate) fn give_up(&self) {
+        let deferred = {
+            let mut deferred = self.deferred.lock().unwrap();
+            self.committing(0);
+            deferred.take()
+        };
+        self.forget_tails();
+        if let Some((last, heads)) = deferred {
+            self.advance(last, heads);
         }
     }
 

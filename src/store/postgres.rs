@@ -248,10 +248,15 @@ fn apply(topics: &Registry, payload: &str) {
     {
         state.forget_tails();
     }
-    let heads = parts.filter_map(|ph| {
-        let (p, h) = ph.split_once(':')?;
-        Some((p.parse().ok()?, h.parse().ok()?))
-    });
+    let heads: Vec<(u32, u64)> = parts
+        .filter_map(|ph| {
+            let (p, h) = ph.split_once(':')?;
+            Some((p.parse().ok()?, h.parse().ok()?))
+        })
+        .collect();
+    if origin == Some(ORIGIN.as_str()) && state.defer_own(last, heads.clone()) {
+        return;
+    }
     state.advance(last, heads);
 }
 
@@ -466,10 +471,11 @@ mod tests {
 
     /// The writer committed transaction 1 and is trying 2 when a
     /// notification of transaction 2 arrives: the tails are kept if the
-    /// writer sent it, dropped if another process did.
+    /// writer sent it (which then moves the heads itself), dropped if
+    /// another process did (which moves the heads at once).
     #[test]
     fn a_commit_elsewhere_drops_the_tails_even_with_the_writers_transaction_id() {
-        for (origin, kept) in [(ORIGIN.as_str(), true), ("@0123456789abcdef", false)] {
+        for (origin, own) in [(ORIGIN.as_str(), true), ("@0123456789abcdef", false)] {
             let (topics, state) = topic("t", 1);
             let _reader = state.heads[0].subscribe();
             state.committing(1);
@@ -477,10 +483,47 @@ mod tests {
             state.advance(1, [(0, 1)]);
             state.committing(2);
             apply(&topics, &format!("t 2 {origin} 0:2"));
-            assert_eq!(state.head(0), 2);
+            assert_eq!(state.head(0), if own { 1 } else { 2 }, "origin {origin}");
             let tail = state.tail_page(0, 0, 2, 10, &[]);
-            assert_eq!(tail.is_some(), kept, "origin {origin}");
+            assert_eq!(tail.is_some(), own, "origin {origin}");
         }
+    }
+
+    /// A notification of the writer's own commit that comes before the
+    /// writer published it leaves the heads to the writer, which hands the
+    /// commit's events to the tails first. If the writer gives the commit
+    /// up instead (it cannot tell whether it happened), the notification's
+    /// heads apply, since it proves the commit.
+    #[test]
+    fn an_own_notification_waits_for_the_writer() {
+        let (topics, state) = topic("t", 1);
+        let _reader = state.heads[0].subscribe();
+        let own = |last: u64, head: u64| format!("t {last} {} 0:{head}", *ORIGIN);
+
+        state.committing(1);
+        apply(&topics, &own(1, 3));
+        assert_eq!((state.last_transaction(), state.head(0)), (0, 0));
+        state.remember([row(1, 1), row(2, 1), row(3, 1)]);
+        state.advance(1, [(0, 3)]);
+        state.published();
+        assert_eq!((state.last_transaction(), state.head(0)), (1, 3));
+        assert_eq!(state.tail_page(0, 0, 3, 10, &[]).unwrap().rows.len(), 3);
+        // A notification after the writer published changes nothing.
+        apply(&topics, &own(1, 3));
+        assert_eq!(state.head(0), 3);
+
+        state.committing(2);
+        apply(&topics, &own(2, 5));
+        assert_eq!(state.head(0), 3);
+        state.give_up();
+        assert_eq!((state.last_transaction(), state.head(0)), (2, 5));
+        assert!(state.tail_page(0, 3, 5, 10, &[]).is_none());
+
+        // Given up before its notification came: applied when it comes.
+        state.committing(3);
+        state.give_up();
+        apply(&topics, &own(3, 6));
+        assert_eq!((state.last_transaction(), state.head(0)), (3, 6));
     }
 
     /// Payloads of processes that send no origin are applied as commits

@@ -726,8 +726,7 @@ impl TopicDraft {
     /// as this process's own.
     fn not_committed(&self) {
         if let Some(state) = &self.known {
-            state.committing(0);
-            state.forget_tails();
+            state.give_up();
         }
     }
 
@@ -763,6 +762,7 @@ impl TopicDraft {
             invalidates: e.invalidates,
         }));
         state.advance(row.last_transaction_id, row.heads.iter().copied());
+        state.published();
     }
 }
 
