@@ -88,6 +88,20 @@ fn read_size(page: usize) -> usize {
     page * READ_AHEAD.div_ceil(page)
 }
 
+/// Takes the next page from the front of a read's `rows`: at most `page`
+/// events, within [`PAGE_BYTES`] (at least one, if any).
+fn next_page(
+    rows: &mut VecDeque<EventRow>,
+    page: usize,
+    topic: &str,
+    invalid: &HashSet<u64>,
+) -> Vec<proto::Event> {
+    let n = fitting(rows.iter().take(page));
+    rows.drain(..n)
+        .map(|r| to_event(topic, r, invalid))
+        .collect()
+}
+
 /// Cuts `rows` to the longest prefix (at least one row) within
 /// [`PAGE_BYTES`]; true when it cut.
 fn fit(rows: &mut Vec<EventRow>) -> bool {
@@ -250,11 +264,7 @@ impl Hub {
                 // The read's events go out in pages of the size asked; the
                 // last page's cursor is where the read ended.
                 loop {
-                    let n = fitting(rows.iter().take(a.page));
-                    let events: Vec<proto::Event> = rows
-                        .drain(..n)
-                        .map(|r| to_event(&a.topic.name, r, &read.invalidated))
-                        .collect();
+                    let events = next_page(&mut rows, a.page, &a.topic.name, &read.invalidated);
                     pos = match events.last() {
                         Some(last) if !rows.is_empty() => last.sequence,
                         _ => read.scanned,
@@ -417,11 +427,7 @@ impl Hub {
             let mut rows = VecDeque::from(rows);
             // The read's events go out in pages of the size asked.
             loop {
-                let n = fitting(rows.iter().take(page));
-                let events: Vec<proto::Event> = rows
-                    .drain(..n)
-                    .map(|r| to_event(&topic.name, r, &invalid))
-                    .collect();
+                let events = next_page(&mut rows, page, &topic.name, &invalid);
                 let next = events.last().map(|last| last.key_version + 1);
                 if tx
                     .send(Ok(proto::ReadKeyResponse {
