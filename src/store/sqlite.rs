@@ -152,10 +152,15 @@ fn select_in<'a>(select: &str, id: i64, column: &str, values: &[&'a str]) -> Que
 /// Writes a topic's events, keys, heads and last transaction with
 /// multi-row statements sent together: sqlx runs them one after another on
 /// its worker thread, so the whole write is one hand-off to that thread.
+/// With `planned_after` (see `Writer::try_append_unlocked`) the script also
+/// begins and commits its own transaction, and a script that fails anywhere
+/// is rolled back before the error is returned.
 async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<bool> {
-    // The sole writer always writes under its transaction.
-    debug_assert!(w.planned_after.is_none());
-    let mut qb = QueryBuilder::<Db>::new("");
+    let mut qb = QueryBuilder::<Db>::new(if w.planned_after.is_some() {
+        "BEGIN IMMEDIATE;\n"
+    } else {
+        ""
+    });
     for chunk in w.rows.chunks(CHUNK) {
         qb.push(
             "INSERT INTO events (topic_id, partition, sequence, transaction_id, key, key_version, event_id, \
@@ -213,6 +218,16 @@ async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<bool> {
         .push_bind(w.last_txn as i64)
         .push(" WHERE topic_id = ")
         .push_bind(w.topic_id);
-    qb.build().execute(&mut *conn).await?;
+    if w.planned_after.is_none() {
+        qb.build().execute(&mut *conn).await?;
+        return Ok(true);
+    }
+    qb.push(";\nCOMMIT");
+    if let Err(e) = qb.build().execute(&mut *conn).await {
+        // A statement or COMMIT failed: the transaction may still be open.
+        // (Without one, ROLLBACK fails harmlessly.)
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        return Err(e.into());
+    }
     Ok(true)
 }

@@ -21,6 +21,9 @@
 // statement that takes the lock and writes only if the topic's last
 // transaction is still that commit (`Writer::try_append_unlocked`); if it
 // is not, nothing is written and the batch is planned again under the lock.
+// On SQLite, where the writer task is the file's only writer, such a batch
+// (of any size) is written and committed with BEGIN and COMMIT in the same
+// script: one hand-off to sqlx's worker thread instead of three.
 //
 // The writer keeps the states of the keys it wrote or read lately in a
 // bounded cache (`KeyCache`), so that a batch reads from the database only
@@ -295,8 +298,10 @@ pub(super) struct TopicWrite<'a> {
     /// For a write outside a transaction that holds the topic's lock: the
     /// topic's last transaction the write was planned against. The write
     /// then happens only if that is still the topic's last transaction in
-    /// the database, and `write_topic` says whether it did. PostgreSQL
-    /// only (see `Writer::try_append_unlocked`).
+    /// the database, and `write_topic` says whether it did. On SQLite,
+    /// whose writer task is the only writer, the write always happens: it
+    /// is then its own transaction, begun and committed in the same script
+    /// (see `Writer::try_append_unlocked`).
     pub(super) planned_after: Option<u64>,
 }
 
@@ -1201,15 +1206,19 @@ impl Writer {
         Ok(replies)
     }
 
-    /// Where other processes may write (PostgreSQL), in the steady state of
-    /// a topic this writer appends to: a batch of at most
-    /// `UNLOCKED_MAX_EVENTS` events for that one topic, whose
+    /// In the steady state of a topic this writer appends to: a batch for
+    /// that one topic (on PostgreSQL, of at most `UNLOCKED_MAX_EVENTS`
+    /// events), whose
     /// last transaction is, as far as this process knows, the one this
     /// writer committed last, is planned against what the writer kept of
     /// it (the registry's heads, the key cache) and written by one
     /// statement outside any transaction, which writes only if that is
     /// still the topic's last transaction (`TopicWrite::planned_after`).
     /// That saves the round trips of BEGIN, the topic's lock and COMMIT.
+    /// On SQLite the batch is written in a transaction of its own, begun and
+    /// committed by the same script, so that BEGIN and COMMIT are not
+    /// hand-offs of their own to sqlx's worker thread (64 single-event
+    /// producers: 23,480 / 26,020 -> 27,059 / 28,388 events/s, alternated).
     /// `None` when the batch does not qualify, or when another process
     /// wrote to the topic meanwhile and nothing was written: the batch is
     /// then planned again under the topic's lock.
@@ -1222,9 +1231,9 @@ impl Writer {
             return Ok(None);
         };
         let name = first.topic.as_str();
-        if dialect::SOLE_WRITER
-            || batch.iter().any(|r| r.topic.as_str() != name)
-            || batch.iter().map(|r| r.events.len()).sum::<usize>() > UNLOCKED_MAX_EVENTS
+        if batch.iter().any(|r| r.topic.as_str() != name)
+            || (!dialect::SOLE_WRITER
+                && batch.iter().map(|r| r.events.len()).sum::<usize>() > UNLOCKED_MAX_EVENTS)
         {
             return Ok(None);
         }
