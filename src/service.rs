@@ -335,7 +335,9 @@ impl Hub {
             let head = if as_of == snapshot.last_transaction_id {
                 snapshot.heads[p as usize]
             } else {
-                self.store.head_as_of(&topic, p, as_of).await?
+                self.store
+                    .head_as_of(&topic, p, as_of, snapshot.heads[p as usize])
+                    .await?
             };
             cursors.push(proto::PartitionCursor {
                 partition: p,

@@ -499,14 +499,16 @@ impl Store {
         reads!(self, r => r.snapshot(topic).await)
     }
 
-    /// The last sequence of a partition committed at or before `transaction`.
+    /// The last sequence of a partition committed at or before `transaction`,
+    /// given a `head` of the partition at or after it.
     pub async fn head_as_of(
         &self,
         topic: &TopicState,
         partition: u32,
         transaction: u64,
+        head: u64,
     ) -> Result<u64> {
-        reads!(self, r => r.head_as_of(topic, partition, transaction).await)
+        reads!(self, r => r.head_as_of(topic, partition, transaction, head).await)
     }
 
     /// One page of the surface as of transaction `as_of`: keys from `from`

@@ -3,7 +3,7 @@
 // The SQL uses `$N` placeholders, which both backends accept.
 
 use super::{Db, DbRow};
-use crate::error::Result;
+use crate::error::{HubError, Result};
 use crate::store::{EventRow, PAGE_BYTES, Registry, Snapshot, TopicRow, TopicState, adopt};
 use crate::validate::Content;
 use futures::TryStreamExt;
@@ -228,22 +228,45 @@ impl Reads {
         })
     }
 
+    /// A partition's sequences are gapless from 1 to its head, and their
+    /// transaction ids grow with them: the last sequence committed at or
+    /// before `transaction` is found by bisecting `0..=head`, one primary-key
+    /// lookup per step, in one recursive query. (No index leads with the
+    /// partition and the transaction: the index by transaction leads with
+    /// the transaction, so that a commit writes one page of it.)
     pub(crate) async fn head_as_of(
         &self,
         topic: &TopicState,
         partition: u32,
         transaction: u64,
+        head: u64,
     ) -> Result<u64> {
+        // Invariant: `lo` is 0 or committed at or before `transaction`, and
+        // `hi` is the head or followed by a sequence committed after it.
         let row: Option<(i64,)> = sqlx::query_as(
-            "SELECT sequence FROM events WHERE topic_id = $1 AND partition = $2 AND transaction_id <= $3 \
-             ORDER BY transaction_id DESC, sequence DESC LIMIT 1",
+            "WITH RECURSIVE s(lo, hi) AS ( \
+               SELECT CAST(0 AS BIGINT), CAST($4 AS BIGINT) \
+               UNION ALL \
+               SELECT CASE WHEN e.transaction_id <= $3 THEN (s.lo + s.hi + 1) / 2 ELSE s.lo END, \
+                      CASE WHEN e.transaction_id <= $3 THEN s.hi ELSE (s.lo + s.hi + 1) / 2 - 1 END \
+               FROM s JOIN events e ON e.topic_id = $1 AND e.partition = $2 \
+                 AND e.sequence = (s.lo + s.hi + 1) / 2 \
+               WHERE s.lo < s.hi) \
+             SELECT lo FROM s WHERE lo = hi",
         )
         .bind(topic.id)
         .bind(partition as i64)
         .bind(transaction as i64)
+        .bind(head as i64)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map_or(0, |(s,)| s as u64))
+        match row {
+            Some((s,)) => Ok(s as u64),
+            None => Err(HubError::Internal(format!(
+                "partition {partition} of topic {:?} has a gap in its sequences below {head}",
+                topic.name
+            ))),
+        }
     }
 
     pub(crate) async fn surface_page(

@@ -1351,8 +1351,6 @@ impl Writer {
         if transaction == 0 || transaction > last {
             return Err(not_found());
         }
-        let partitions: Vec<String> = (0..state.partition_count).map(|p| p.to_string()).collect();
-        let in_partitions = partitions.join(",");
         let prior: Option<(i64,)> = sqlx::query_as(
             "SELECT marker_transaction_id FROM invalidations WHERE topic_id = $1 AND transaction_id = $2",
         )
@@ -1361,10 +1359,10 @@ impl Writer {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some((marker,)) = prior {
-            let rows = sqlx::query(&format!(
-                "SELECT partition, sequence FROM events WHERE topic_id = $1 AND partition IN ({in_partitions}) \
-                 AND transaction_id = $2 ORDER BY partition"
-            ))
+            let rows = sqlx::query(
+                "SELECT partition, sequence FROM events WHERE topic_id = $1 AND transaction_id = $2 \
+                 ORDER BY partition",
+            )
             .bind(state.id)
             .bind(marker)
             .fetch_all(&mut *tx)
@@ -1386,10 +1384,9 @@ impl Writer {
                 already_invalidated: true,
             });
         }
-        let rows = sqlx::query(&format!(
-            "SELECT partition, key, invalidates FROM events WHERE topic_id = $1 AND partition IN ({in_partitions}) \
-             AND transaction_id = $2"
-        ))
+        let rows = sqlx::query(
+            "SELECT partition, key, invalidates FROM events WHERE topic_id = $1 AND transaction_id = $2",
+        )
         .bind(state.id)
         .bind(transaction as i64)
         .fetch_all(&mut *tx)
