@@ -108,6 +108,10 @@ struct CachedTopic {
     /// Whether `entries` are current as of `last_txn`, the last transaction
     /// this writer committed to the topic.
     valid: bool,
+    /// Whether `entries` also hold every key the topic has: this writer
+    /// created the topic and has dropped none of its entries since. A key
+    /// not in them is then new, and need not be looked for in the database.
+    complete: bool,
     last_txn: u64,
     entries: LruCache<String, CachedKey>,
 }
@@ -116,6 +120,7 @@ impl Default for CachedTopic {
     fn default() -> Self {
         CachedTopic {
             valid: false,
+            complete: false,
             last_txn: 0,
             // Bounded over all topics by `KeyCache::commit`.
             entries: LruCache::new_unbounded(),
@@ -139,9 +144,30 @@ impl KeyCache {
             return true;
         }
         t.valid = false;
+        t.complete = false;
         self.len -= t.entries.len();
         t.entries.clear();
         false
+    }
+
+    /// Whether every key of the topic is in the cache, as of `last_txn`
+    /// (see `CachedTopic::complete`).
+    fn complete(&self, topic: i64, last_txn: u64) -> bool {
+        self.topics
+            .get(&topic)
+            .is_some_and(|t| t.valid && t.complete && t.last_txn == last_txn)
+    }
+
+    /// After this writer committed the creation of a topic, which has no
+    /// keys and no transaction yet.
+    fn created(&mut self, topic: i64) {
+        let t = self.topics.entry(topic).or_default();
+        self.len -= t.entries.len();
+        *t = CachedTopic {
+            valid: true,
+            complete: true,
+            ..CachedTopic::default()
+        };
     }
 
     /// Whether the topic's entries are current as of `last_txn`, without
@@ -184,6 +210,7 @@ impl KeyCache {
             }
             if self.len > KEY_CACHE_KEYS && t.entries.remove_lru().is_some() {
                 self.len -= 1;
+                t.complete = false;
             }
         }
     }
@@ -553,6 +580,7 @@ impl TopicDraft {
             return Ok(());
         }
         let id = self.id;
+        let complete = cache.complete(id, self.last_txn);
         let mut want_keys: BTreeSet<&str> = BTreeSet::new();
         let mut want_ids: BTreeSet<&str> = BTreeSet::new();
         let mut dedup_keys: BTreeSet<&str> = BTreeSet::new();
@@ -562,6 +590,9 @@ impl TopicDraft {
                     match cache.get(id, &e.key) {
                         Some(state) => {
                             self.keys.insert(e.key.clone(), state);
+                        }
+                        None if complete => {
+                            self.keys.insert(e.key.clone(), KeyState::default());
                         }
                         None => {
                             want_keys.insert(&e.key);
@@ -716,6 +747,9 @@ impl TopicDraft {
     /// After commit: moves the draft's key states, now committed, into the
     /// cache.
     fn cache_keys(&mut self, cache: &mut KeyCache) {
+        if self.created {
+            cache.created(self.id);
+        }
         cache.commit(self.id, self.last_txn, self.keys.drain());
     }
 
@@ -1326,6 +1360,9 @@ impl Writer {
         };
         let row = topic_row(&mut tx, id).await?;
         tx.commit().await?;
+        if created.is_some() {
+            self.key_cache.created(id);
+        }
         Ok((adopt(&self.topics, &row), created.is_some()))
     }
 
@@ -1494,5 +1531,50 @@ impl Writer {
             markers,
             already_invalidated: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changed(version: u64) -> KeyState {
+        KeyState {
+            version,
+            live: None,
+            changed: Some(version),
+        }
+    }
+
+    /// Only a topic this writer created, as of its last commit there, and
+    /// only until one of its keys is dropped, counts a key the cache does
+    /// not hold as new.
+    #[test]
+    fn a_created_topic_knows_its_keys_until_it_drops_one() {
+        let mut cache = KeyCache::default();
+        assert!(!cache.complete(1, 0), "a topic never seen");
+        cache.created(1);
+        assert!(cache.complete(1, 0));
+        cache.commit(1, 1, [("a".to_owned(), changed(1))].into_iter());
+        assert!(cache.complete(1, 1));
+        assert!(!cache.complete(1, 0), "only as of the last commit");
+        // Another process committed: the entries go, and with them the
+        // knowledge that they were all.
+        assert!(!cache.check(1, 2));
+        cache.commit(1, 3, [("b".to_owned(), changed(1))].into_iter());
+        assert!(cache.current(1, 3));
+        assert!(!cache.complete(1, 3));
+        // A topic whose entries make room for others' is no longer complete.
+        cache.created(2);
+        cache.commit(
+            2,
+            1,
+            (0..KEY_CACHE_KEYS).map(|i| (format!("k{i}"), changed(1))),
+        );
+        assert!(!cache.complete(2, 1));
+        assert_eq!(cache.len, KEY_CACHE_KEYS);
+        cache.created(3);
+        cache.clear();
+        assert!(!cache.complete(3, 0));
     }
 }
