@@ -30,7 +30,9 @@
 // the keys it has not seen. The cache of a topic is used only while the
 // topic's last transaction in the database is the one this writer last
 // committed there: if another hub process wrote to the topic meanwhile,
-// the topic's entries are dropped. When, moreover, that last transaction
+// the topic's entries are dropped. For a topic the writer created, the
+// cache holds every key until it drops one to make room, and a key it does
+// not hold is new, with nothing to read. When, moreover, that last transaction
 // is one this process committed (it then published every partition's
 // head), the writer takes the heads from the registry instead of reading
 // them. Where the writer task
