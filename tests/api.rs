@@ -889,6 +889,58 @@ async fn tombstone_then_revive() {
     );
 }
 
+/// Surface's cursors as of a transaction are the heads every partition had
+/// right after it, for each of 150 transactions of different sizes,
+/// including long runs that leave one partition alone or touch it once.
+#[tokio::test]
+async fn surface_cursors_are_the_heads_after_each_transaction() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 2).await;
+    let keys = |p: u32| -> Vec<String> {
+        (0..)
+            .map(|i| format!("key{i}"))
+            .filter(|k| partition_of(k, 2) == p)
+            .take(4)
+            .collect()
+    };
+    let keys = [keys(0), keys(1)];
+    let mut heads = [0u64; 2];
+    let mut after: Vec<[u64; 2]> = Vec::new();
+    for t in 0..150u64 {
+        // Partition 0 rests for 12 transactions of every 40; partition 1
+        // gets an event in one transaction of every 9.
+        let n0 = if t % 40 < 12 { 0 } else { (t % 4) as usize + 1 };
+        let n1 = usize::from(t % 9 == 0 || n0 == 0);
+        let events: Vec<_> = (0..n0)
+            .map(|i| ev(&keys[0][i], "Set", &format!("{t}")))
+            .chain((0..n1).map(|i| ev(&keys[1][i], "Set", &format!("{t}"))))
+            .collect();
+        let r = hub.append("heads", events).await;
+        assert_eq!(r.transaction_id, t + 1);
+        heads[0] += n0 as u64;
+        heads[1] += n1 as u64;
+        after.push(heads);
+    }
+    for (t, want) in after.iter().enumerate() {
+        let as_of = t as u64 + 1;
+        let (_, cursors, got_as_of) = surface(
+            &hub,
+            SurfaceRequest {
+                topic: "heads".into(),
+                as_of_transaction: as_of,
+                limit: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(got_as_of, as_of);
+        let got: Vec<String> = cursors.iter().map(|c| c.cursor.clone()).collect();
+        let want: Vec<String> = (0..2)
+            .map(|p| eventhub::cursor::encode("heads", p, want[p as usize]))
+            .collect();
+        assert_eq!(got, want, "cursors as of transaction {as_of}");
+    }
+}
+
 /// Surface as of each of a dozen transactions (with tombstones and invalidations) matches a replay.
 #[tokio::test]
 async fn surface_as_of_matches_replay() {
