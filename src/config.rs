@@ -44,6 +44,10 @@ pub struct Config {
     pub auto_create_topics: bool,
     /// SQLite `synchronous` setting: FULL (durable across power loss) or NORMAL.
     pub sqlite_synchronous: SqliteSync,
+    /// How long shutting down waits for calls in progress (a stream to a
+    /// client that stopped reading never ends by itself) before closing
+    /// their connections.
+    pub shutdown_grace: Duration,
     pub limits: Limits,
 }
 
@@ -62,6 +66,7 @@ impl Config {
             default_partitions: 16,
             auto_create_topics: true,
             sqlite_synchronous: SqliteSync::Full,
+            shutdown_grace: Duration::from_secs(10),
             limits: Limits::default(),
         }
     }

@@ -80,14 +80,18 @@ pub fn decode(topic: &str, partition: u32, cursor: &str) -> Result<Start> {
         LAST => return Ok(Start::Last),
         _ => {}
     }
+    if cursor.len() > 64 {
+        return Err(HubError::invalid(format!(
+            "cursor is {} bytes long, and no cursor is longer than 40; pass a cursor returned by \
+             the hub verbatim, or \"_first\" or \"_last\"",
+            cursor.len()
+        )));
+    }
     let malformed = || {
         HubError::invalid(format!(
             "cursor {cursor:?} is malformed; pass a cursor returned by the hub verbatim, or \"_first\" or \"_last\""
         ))
     };
-    if cursor.len() > 64 {
-        return Err(malformed());
-    }
     let mut parts = cursor.split('.');
     let (Some(p), Some(s), Some(c), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -100,14 +104,19 @@ pub fn decode(topic: &str, partition: u32, cursor: &str) -> Result<Start> {
         return Err(malformed());
     }
     let c = u32::from_str_radix(c, 16).map_err(|_| malformed())?;
-    if p != partition {
-        return Err(HubError::invalid(format!(
-            "cursor {cursor:?} belongs to partition {p}, not to partition {partition}; a cursor is only valid for the partition it came from"
-        )));
-    }
     if c != check(topic, p, s) {
         return Err(HubError::invalid(format!(
             "cursor {cursor:?} does not belong to topic {topic:?} (it comes from another topic or was altered)"
+        )));
+    }
+    // The hub writes each position one way; another spelling of it
+    // ("+3", "03", upper-case hex) was not handed out by the hub.
+    if encode(topic, p, s) != cursor {
+        return Err(malformed());
+    }
+    if p != partition {
+        return Err(HubError::invalid(format!(
+            "cursor {cursor:?} belongs to partition {p}, not to partition {partition}; a cursor is only valid for the partition it came from"
         )));
     }
     if i64::try_from(s).is_err() {
@@ -128,6 +137,26 @@ mod tests {
         assert!(decode("orders", 4, &c).is_err());
         assert!(decode("billing", 3, &c).is_err());
         assert!(decode("orders", 3, "3.42.zzzzzzzz").is_err());
+        // Only the hub's own spelling of a position.
+        assert_eq!(c, "3.42.9301d9e9");
+        for other in [
+            "+3.42.9301d9e9",
+            "03.42.9301d9e9",
+            "3.042.9301d9e9",
+            "3.42.9301D9E9",
+        ] {
+            let e = decode("orders", 3, other).unwrap_err().to_string();
+            assert!(e.contains("malformed"), "{other}: {e}");
+        }
+        // A typo in the partition is an altered cursor, not another partition's.
+        let e = decode("orders", 3, "31.42.9301d9e9")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("was altered"), "{e}");
+        let e = decode("orders", 3, &"9".repeat(100_000))
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 200 && e.contains("100000 bytes"), "{e}");
         assert_eq!(decode("orders", 3, "_first").unwrap(), Start::After(0));
         assert_eq!(decode("orders", 3, "_last").unwrap(), Start::Last);
     }

@@ -14,6 +14,9 @@ pub enum HubError {
     AlreadyExists(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A position past the end of what is stored.
+    #[error("{0}")]
+    OutOfRange(String),
     /// An expected key version did not hold.
     #[error("key {key:?} is at version {actual}, {expected}")]
     VersionConflict {
@@ -113,6 +116,7 @@ impl From<HubError> for Status {
             HubError::NotFound(m) => Status::not_found(m),
             HubError::AlreadyExists(m) => Status::already_exists(m),
             HubError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            HubError::OutOfRange(m) => Status::out_of_range(m),
             HubError::VersionConflict { .. } => {
                 let HubError::VersionConflict { key, actual, .. } = &err else {
                     unreachable!()

@@ -46,8 +46,13 @@ struct ServeArgs {
           value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..=1024))]
     default_partitions: u32,
     /// Refuse appends to unknown topics (NOT_FOUND) instead of creating them.
-    #[arg(long, env = "EVENTHUB_NO_AUTO_CREATE")]
+    #[arg(long, env = "EVENTHUB_NO_AUTO_CREATE", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
     no_auto_create: bool,
+    /// Seconds that shutting down (SIGTERM, Ctrl-C) waits for calls in progress, such as
+    /// streams to clients that stopped reading, before closing their connections.
+    #[arg(long, env = "EVENTHUB_SHUTDOWN_GRACE", default_value_t = 10)]
+    shutdown_grace: u64,
     /// SQLite durability: full fsyncs every commit (survives power loss);
     /// normal survives a crash of the hub but may lose the last commits on power loss.
     #[arg(
@@ -107,6 +112,7 @@ fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--default-partitions: {e}"))?,
         auto_create_topics: !args.no_auto_create,
         sqlite_synchronous: args.sqlite_synchronous,
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
         limits: Limits {
             max_event_bytes: args.max_event_bytes,
             max_events_per_append: args.max_events_per_append,

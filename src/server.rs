@@ -42,7 +42,8 @@ pub async fn run(
         .max_decoding_message_size(config.limits.max_request_bytes)
         .max_encoding_message_size(usize::MAX);
     tracing::info!(addr = %listener.local_addr()?, database = %config.database_url, "eventhub serving");
-    tonic::transport::Server::builder()
+    let mut stopping = stop_tx.subscribe();
+    let serve = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -55,8 +56,21 @@ pub async fn run(
                 tracing::info!("shutting down");
                 let _ = stop_tx.send(true);
             },
-        )
-        .await?;
+        );
+    // Once stopping, the server waits for every connection to finish its
+    // calls; a stream whose client stopped reading never does. After the
+    // grace period the connections still open are left to end with the
+    // process (or, in-process, to fail their next write).
+    let grace = config.shutdown_grace;
+    tokio::select! {
+        served = serve => served?,
+        _ = async {
+            let _ = stopping.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("calls still in progress {grace:?} after the shutdown began; closing their connections");
+        }
+    }
     // Every call has finished and the service is gone with its clones of
     // the store; a stream task that has not noticed the shutdown yet holds
     // one for a moment at most.

@@ -73,6 +73,32 @@ impl Hub {
         Ok((name, t))
     }
 
+    /// Refuses a cursor after the partition's last stored event. This
+    /// process may not have heard of the latest commits of another one, so
+    /// the database decides. Waiting there would skip every event stored
+    /// up to the cursor's sequence from now on: the database has lost
+    /// events since it handed out the cursor (restored from an older copy,
+    /// or commits lost to a power failure under `synchronous=NORMAL`).
+    async fn check_not_past_head(
+        &self,
+        topic: &TopicState,
+        partition: u32,
+        sequence: u64,
+        given: &str,
+    ) -> Result<()> {
+        let head = self.store.snapshot(topic).await?.heads[partition as usize];
+        if sequence > head {
+            return Err(HubError::OutOfRange(format!(
+                "cursor {given:?} is after event {sequence} of partition {partition}, but the \
+                 partition ends at event {head}: the hub's database has lost events since it gave \
+                 out this cursor (restored from an older copy?). Reading on from it would skip the \
+                 events stored there next; decide how to reconcile, then read from a cursor at or \
+                 before the end, \"_first\" or \"_last\""
+            )));
+        }
+        Ok(())
+    }
+
     /// Turns rows into API events, marking invalidated transactions.
     async fn events(&self, topic: &TopicState, rows: Vec<EventRow>) -> Result<Vec<proto::Event>> {
         let invalid = self.store.invalidated_in(topic, &rows).await?;
@@ -295,6 +321,7 @@ impl Hub {
                     changed = heads.changed() => { if changed.is_ok() { continue; } }
                     _ = tokio::time::sleep_until(wait_until) => {}
                     _ = shutdown.changed() => {}
+                    _ = tx.closed() => return Ok(()),
                 }
                 let _ = tx.send(Ok(page(Vec::new(), pos, true))).await;
                 return Ok(());
@@ -496,6 +523,11 @@ impl EventHubService for Hub {
         }
         validate::check_type_filter(&req.types)?;
         let position = match cursor::decode(name.as_str(), req.partition, &req.cursor)? {
+            Start::After(s) if s > topic.head(req.partition) => {
+                self.check_not_past_head(&topic, req.partition, s, &req.cursor)
+                    .await?;
+                s
+            }
             Start::After(s) => s,
             Start::Last => topic.head(req.partition),
         };

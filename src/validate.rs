@@ -176,15 +176,15 @@ fn check_event_type(t: &str, i: usize) -> Result<()> {
             "events[{i}].type is empty; every event needs a type"
         )));
     }
-    if t.starts_with('$') {
-        return Err(HubError::invalid(format!(
-            "events[{i}].type {t:?} starts with '$'; such types are reserved for the hub"
-        )));
-    }
     if t.len() > MAX_NAME {
         return Err(HubError::invalid(format!(
             "events[{i}].type is {} bytes long; the limit is {MAX_NAME}",
             t.len()
+        )));
+    }
+    if t.starts_with('$') {
+        return Err(HubError::invalid(format!(
+            "events[{i}].type {t:?} starts with '$'; such types are reserved for the hub"
         )));
     }
     if let Some(c) = t
@@ -209,7 +209,8 @@ pub fn check_type_filter(types: &[String]) -> Result<()> {
     for t in types {
         if t.is_empty() || t.len() > MAX_NAME {
             return Err(HubError::invalid(format!(
-                "types contains {t:?}; a type is 1–{MAX_NAME} characters"
+                "types contains a type of {} bytes; a type is 1–{MAX_NAME} bytes",
+                t.len()
             )));
         }
         check_no_nul(t, "types")?;
@@ -300,7 +301,8 @@ pub fn append_events(events: Vec<proto::AppendEvent>, limits: &Limits) -> Result
         for (k, v) in &e.headers {
             if k.is_empty() || k.len() > MAX_NAME {
                 return Err(HubError::invalid(format!(
-                    "events[{i}].headers has the name {k:?}; header names are 1–{MAX_NAME} bytes"
+                    "events[{i}].headers has a name of {} bytes; header names are 1–{MAX_NAME} bytes",
+                    k.len()
                 )));
             }
             size += k.len() + v.len();

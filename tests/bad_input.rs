@@ -230,6 +230,47 @@ async fn bad_input_table() {
             Code::InvalidArgument,
             "does not belong",
         ),
+        (
+            "cursor spelled otherwise than the hub spells it",
+            read("orders", p, &format!("+{orders_cursor}")),
+            Code::InvalidArgument,
+            "malformed",
+        ),
+        (
+            "cursor past the partition's last event",
+            read("orders", p, &eventhub::cursor::encode("orders", p, 500)),
+            Code::OutOfRange,
+            "after event 500 of partition",
+        ),
+        // Oversized input is measured, not echoed back.
+        (
+            "oversized cursor",
+            read("orders", p, &"9".repeat(50_000)),
+            Code::InvalidArgument,
+            "50000 bytes long",
+        ),
+        (
+            "oversized reserved type",
+            append(
+                "orders",
+                vec![ev("k", &format!("${}", "a".repeat(20_000)), "")],
+            ),
+            Code::InvalidArgument,
+            "20001 bytes long",
+        ),
+        (
+            "oversized type in a filter",
+            call(|mut c| async move {
+                let req = ReadPartitionRequest {
+                    topic: "orders".into(),
+                    types: vec!["T".repeat(20_000)],
+                    ..Default::default()
+                };
+                drain(c.read_partition(req).await?.into_inner()).await
+            }),
+            Code::InvalidArgument,
+            "a type of 20000 bytes",
+        ),
         // PostgreSQL's text cannot hold NUL; both backends refuse it alike.
         (
             "NUL in a key",
@@ -321,6 +362,11 @@ async fn bad_input_table() {
     for (name, call, code, text) in cases {
         let err = call(hub.client()).await.expect_err(name);
         assert_eq!(err.code(), code, "{name}: {}", err.message());
+        assert!(
+            err.message().len() < 600,
+            "{name}: a message of {} bytes",
+            err.message().len()
+        );
         assert!(
             err.message().contains(text),
             "{name}: message {:?} should mention {text:?}",

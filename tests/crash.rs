@@ -178,3 +178,75 @@ async fn sigterm_closes_the_database_cleanly() {
     }
     assert_eq!(stored, acked);
 }
+
+/// A stream whose client stopped reading does not hold up shutting down:
+/// after the grace period the hub stops anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_hold_up_shutdown() {
+    let hub = spawn_hub_with(|c| {
+        c.default_partitions = 1;
+        c.shutdown_grace = std::time::Duration::from_secs(1);
+    })
+    .await;
+    // More than the connection's flow-control window and the hub's buffers
+    // hold, so the stream's task waits for the client to read.
+    let payload = "x".repeat(1000);
+    for _ in 0..30 {
+        let events = (0..1000)
+            .map(|i| ev(&format!("k{i}"), "T", &payload))
+            .collect();
+        hub.append("stalled", events).await;
+    }
+    let mut stream = hub
+        .client()
+        .read_partition(eventhub::proto::ReadPartitionRequest {
+            topic: "stalled".into(),
+            max_events: 10_000,
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().expect("a first page");
+    assert!(!first.events.is_empty());
+    tokio::time::timeout(std::time::Duration::from_secs(60), hub.stop())
+        .await
+        .expect("the hub stops after its grace period");
+}
+
+/// A second hub process on the same SQLite file is refused at start-up,
+/// with a message that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_one_sqlite_file_is_refused() {
+    if on_postgres() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("hub.db").display());
+    let (_first, mut client) = start(&db).await;
+    append(&mut client, "one", vec![ev("k", "T", "x")]).await;
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_eventhub"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &db])
+        .kill_on_drop(true)
+        .output();
+    let second = tokio::time::timeout(std::time::Duration::from_secs(60), second)
+        .await
+        .expect("the second process exits")
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use by another eventhub process"),
+        "stderr: {stderr}"
+    );
+    // The first one is unharmed.
+    append(&mut client, "one", vec![ev("k", "T", "y")]).await;
+    assert_eq!(
+        read_all(&mut client, "one", partition_of("k", 3), "_first")
+            .await
+            .0
+            .len(),
+        2
+    );
+}

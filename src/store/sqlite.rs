@@ -1,7 +1,7 @@
 //! The SQLite backend: one database file in WAL mode, read by a pool of
 //! read-only connections and written by the writer task's one connection.
-//! One hub process per file: the registry's heads are published by the
-//! local writer only.
+//! One hub process per file, which it locks: the registry's heads are
+//! published by the local writer only.
 
 // The shared implementation, compiled here against SQLite's types (and
 // again in the other backend's module, on purpose).
@@ -15,7 +15,7 @@ mod writer;
 pub(crate) use reads::Reads;
 
 use crate::config::{Config, SqliteSync};
-use crate::error::Result;
+use crate::error::{HubError, Result};
 use crate::store::{Registry, WriteRequest};
 use sqlx::QueryBuilder;
 use sqlx::sqlite::{
@@ -74,6 +74,7 @@ pub(crate) async fn open(
                 .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string()),
         )
         .await?;
+    let lock = lock_file(options.get_filename())?;
     sqlx::migrate!("migrations/sqlite").run(&write).await?;
     let checkpointer = options.clone().connect().await?;
     let pool = SqlitePoolOptions::new()
@@ -95,9 +96,31 @@ pub(crate) async fn open(
         crate::store::close_pool(&write).await;
         // The checkpointer stops with the writer and closes its connection.
         let _ = checkpoints.await;
+        drop(lock);
         drop(closed);
     });
     Ok(reads)
+}
+
+/// Locks the database file for this process (an advisory `flock`, apart
+/// from SQLite's own locks, released when the process ends however it
+/// ends). A second hub process on the same file would assign the
+/// transaction ids and sequences this one assigns, from heads it does not
+/// see move: it is refused at start-up instead.
+fn lock_file(path: &std::path::Path) -> Result<Option<std::fs::File>> {
+    if path.as_os_str() == ":memory:" {
+        return Ok(None);
+    }
+    let file = std::fs::File::open(path).map_err(sqlx::Error::Io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(HubError::Unavailable(format!(
+            "the database file {} is in use by another eventhub process; a SQLite file \
+             serves one hub process at a time (several processes share a PostgreSQL database)",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(sqlx::Error::Io(e).into()),
+    }
 }
 
 /// Page cache of each read connection, in KiB (the writer keeps 64 MiB).

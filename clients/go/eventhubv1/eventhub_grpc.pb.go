@@ -120,7 +120,11 @@ type EventHubServiceClient interface {
 	//
 	// Errors: NOT_FOUND for an unknown topic; INVALID_ARGUMENT for a
 	// partition out of range or a malformed cursor, or one of another topic or
-	// partition.
+	// partition; OUT_OF_RANGE for a cursor after the partition's last stored
+	// event, which only a database that lost events since it gave out the
+	// cursor holds (restored from an older copy, say): reading on from it
+	// would skip the events stored there next, so the reader decides how to
+	// reconcile and reads from another cursor.
 	ReadPartition(ctx context.Context, in *ReadPartitionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadPartitionResponse], error)
 	// Surface returns the latest valid event of every key, sorted by key (like
 	// a compacted log). Keys whose latest valid event is a tombstone are left
@@ -321,7 +325,11 @@ type EventHubServiceServer interface {
 	//
 	// Errors: NOT_FOUND for an unknown topic; INVALID_ARGUMENT for a
 	// partition out of range or a malformed cursor, or one of another topic or
-	// partition.
+	// partition; OUT_OF_RANGE for a cursor after the partition's last stored
+	// event, which only a database that lost events since it gave out the
+	// cursor holds (restored from an older copy, say): reading on from it
+	// would skip the events stored there next, so the reader decides how to
+	// reconcile and reads from another cursor.
 	ReadPartition(*ReadPartitionRequest, grpc.ServerStreamingServer[ReadPartitionResponse]) error
 	// Surface returns the latest valid event of every key, sorted by key (like
 	// a compacted log). Keys whose latest valid event is a tombstone are left

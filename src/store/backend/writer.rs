@@ -260,6 +260,12 @@ pub(crate) async fn run(
     .await
 }
 
+/// Whether a failed write lost its connection, rather than hearing the
+/// database refuse it (then it rolled back).
+fn lost_connection(error: &HubError) -> bool {
+    error.is_unavailable() && !matches!(error, HubError::Storage(sqlx::Error::Database(_)))
+}
+
 struct Writer {
     pool: Pool<Db>,
     wrote: Option<watch::Sender<()>>,
@@ -1042,7 +1048,7 @@ impl Writer {
         mut drafts: impl Iterator<Item = &'d TopicDraft>,
         now: i64,
     ) -> Result<bool> {
-        if !error.is_unavailable() || matches!(error, HubError::Storage(sqlx::Error::Database(_))) {
+        if !lost_connection(error) {
             return Ok(false);
         }
         // The connection is not to be trusted any more.
@@ -1314,6 +1320,20 @@ impl Writer {
                 .await
             {
                 Ok(true) => {}
+                Ok(false) if !dialect::SOLE_WRITER && lost_connection(&e) => {
+                    // Unlike a transaction, which holds the topic's row from
+                    // its first statement on, the guarded statement locks it
+                    // only once it runs: a statement still on its way to
+                    // the server when the connection broke may run after
+                    // the check found nothing, and commit.
+                    draft.not_committed();
+                    return Err(HubError::MaybeStored(format!(
+                        "the hub's database is unavailable ({e}); the connection was lost while \
+                         the append was being written, so it may or may not be stored. Read it \
+                         back before appending it again, or retry with the same event ids \
+                         (always safe)"
+                    )));
+                }
                 Ok(false) => {
                     draft.not_committed();
                     return Err(e);

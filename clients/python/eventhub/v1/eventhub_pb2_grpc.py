@@ -120,7 +120,11 @@ class EventHubServiceServicer:
 
         Errors: NOT_FOUND for an unknown topic; INVALID_ARGUMENT for a
         partition out of range or a malformed cursor, or one of another topic or
-        partition.
+        partition; OUT_OF_RANGE for a cursor after the partition's last stored
+        event, which only a database that lost events since it gave out the
+        cursor holds (restored from an older copy, say): reading on from it
+        would skip the events stored there next, so the reader decides how to
+        reconcile and reads from another cursor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
