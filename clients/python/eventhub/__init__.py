@@ -11,7 +11,7 @@
 
 from ._aio import AsyncClient, AsyncStream
 from ._client import Client, Stream
-from ._consumer import Consumer, Handler
+from ._consumer import INVALIDATION_EVENT_TYPE, Consumer, Handler
 from ._cursor_store import CursorStore, DbApiCursorStore, SqliteCursorStore
 from ._errors import (
     AlreadyExists,
@@ -23,6 +23,7 @@ from ._errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
@@ -30,7 +31,7 @@ from ._errors import (
     Unimplemented,
 )
 from ._partition import fnv1a_64, partition_for
-from ._retry import NO_RETRY, RetryPolicy
+from ._retry import NO_RETRY, RETRY_FOREVER, RetryPolicy
 from .v1.eventhub_pb2 import (
     EXPECTED_VERSION_ANY,
     EXPECTED_VERSION_EXACT,
@@ -55,8 +56,6 @@ FIRST = "_first"
 """The cursor before a partition's first event."""
 LAST = "_last"
 """The cursor at a partition's head, as of the call."""
-INVALIDATION_EVENT_TYPE = "$invalidation"
-"""The type of the marker events Invalidate appends."""
 
 __all__ = [
     "FIRST",
@@ -89,7 +88,9 @@ __all__ = [
     "InvalidArgument",
     "InvalidateResponse",
     "NO_RETRY",
+    "RETRY_FOREVER",
     "NotFound",
+    "OutOfRange",
     "PartitionCursor",
     "PartitionInfo",
     "PermissionDenied",

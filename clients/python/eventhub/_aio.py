@@ -111,20 +111,27 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _unary(self, method: Any, request: Any, timeout: float | None, retryable: bool = True) -> Any:
+    async def _unary(
+        self, method: Any, request: Any, timeout: float | None, retryable: bool = True, retry: RetryPolicy | None = None
+    ) -> Any:
+        retry = retry or self._retry
         attempt = 0
         while True:
             try:
                 return await method(request, timeout=timeout or self._timeout, metadata=self._metadata)
             except grpc.RpcError as e:
-                if retryable and self._retry.should_retry(e, attempt):
-                    await asyncio.sleep(self._retry.backoff(attempt))
+                if retryable and retry.should_retry(e, attempt):
+                    await asyncio.sleep(retry.backoff(attempt))
                     attempt += 1
                     continue
                 raise from_rpc_error(e) from e
 
-    def _stream(self, method: Any, request: Req, resume: Any, timeout: float | None) -> AsyncStream[Req, Any]:
-        return AsyncStream(lambda r: method(r, timeout=timeout, metadata=self._metadata), request, resume, self._retry)
+    def _stream(
+        self, method: Any, request: Req, resume: Any, timeout: float | None, retry: RetryPolicy | None = None
+    ) -> AsyncStream[Req, Any]:
+        return AsyncStream(
+            lambda r: method(r, timeout=timeout, metadata=self._metadata), request, resume, retry or self._retry
+        )
 
     async def append(
         self,
@@ -149,9 +156,10 @@ class AsyncClient:
         types: Iterable[str] = (),
         heartbeat: float | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> AsyncStream[pb.ReadPartitionRequest, pb.ReadPartitionResponse]:
         request = rq.read_partition_request(topic, partition, cursor, max_events, wait, follow, types, heartbeat)
-        return self._stream(self._stub.ReadPartition, request, rq.resume_read_partition, timeout)
+        return self._stream(self._stub.ReadPartition, request, rq.resume_read_partition, timeout, retry)
 
     def surface(
         self,
@@ -196,8 +204,9 @@ class AsyncClient:
         request = pb.CreateTopicRequest(name=name, partition_count=partition_count)
         return await self._unary(self._stub.CreateTopic, request, timeout)  # type: ignore[no-any-return]
 
-    async def get_topic(self, name: str, *, timeout: float | None = None) -> pb.Topic:
-        response: pb.GetTopicResponse = await self._unary(self._stub.GetTopic, pb.GetTopicRequest(name=name), timeout)
+    async def get_topic(self, name: str, *, timeout: float | None = None, retry: RetryPolicy | None = None) -> pb.Topic:
+        request = pb.GetTopicRequest(name=name)
+        response: pb.GetTopicResponse = await self._unary(self._stub.GetTopic, request, timeout, retry=retry)
         return response.topic
 
     async def list_topics(

@@ -25,7 +25,7 @@ class Stream(Generic[Req, Resp]):
 
     When the connection fails with UNAVAILABLE, the stream is reopened right
     after the last page it delivered, with exponential backoff. ``cancel()``
-    (from any thread) ends the iteration.
+    (from any thread, or a signal handler) ends the iteration.
     """
 
     def __init__(
@@ -41,7 +41,9 @@ class Stream(Generic[Req, Resp]):
         self._retry = retry
         self._call: Any = None
         self._cancelled = threading.Event()
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler may call cancel() on the thread that
+        # holds the lock in __next__.
+        self._lock = threading.RLock()
 
     def __iter__(self) -> Stream[Req, Resp]:
         return self
@@ -55,6 +57,8 @@ class Stream(Generic[Req, Resp]):
                 if self._call is None:
                     self._call = self._open_call(self._request)
                 call = self._call
+            if self._cancelled.is_set():  # by a signal handler while the call was being opened
+                call.cancel()
             try:
                 page: Resp = next(call)
             except StopIteration:
@@ -96,8 +100,10 @@ class Client:
     in seconds; streams have none unless asked.
 
     Reads (and Appends whose events all carry an ``event_id``) are retried on
-    UNAVAILABLE according to ``retry``. Errors are raised as
-    :class:`eventhub.EventHubError` subclasses.
+    UNAVAILABLE according to ``retry`` (by default up to 8 tries, about 6 to
+    11 seconds; ``get_topic`` and ``read_partition`` take a ``retry`` of
+    their own). Errors are raised as :class:`eventhub.EventHubError`
+    subclasses.
     """
 
     def __init__(
@@ -131,20 +137,27 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _unary(self, method: Any, request: Any, timeout: float | None, retryable: bool = True) -> Any:
+    def _unary(
+        self, method: Any, request: Any, timeout: float | None, retryable: bool = True, retry: RetryPolicy | None = None
+    ) -> Any:
+        retry = retry or self._retry
         attempt = 0
         while True:
             try:
                 return method(request, timeout=timeout or self._timeout, metadata=self._metadata)
             except grpc.RpcError as e:
-                if retryable and self._retry.should_retry(e, attempt):
-                    time.sleep(self._retry.backoff(attempt))
+                if retryable and retry.should_retry(e, attempt):
+                    time.sleep(retry.backoff(attempt))
                     attempt += 1
                     continue
                 raise from_rpc_error(e) from e
 
-    def _stream(self, method: Any, request: Req, resume: Any, timeout: float | None) -> Stream[Req, Any]:
-        return Stream(lambda r: method(r, timeout=timeout, metadata=self._metadata), request, resume, self._retry)
+    def _stream(
+        self, method: Any, request: Req, resume: Any, timeout: float | None, retry: RetryPolicy | None = None
+    ) -> Stream[Req, Any]:
+        return Stream(
+            lambda r: method(r, timeout=timeout, metadata=self._metadata), request, resume, retry or self._retry
+        )
 
     def append(
         self,
@@ -170,16 +183,18 @@ class Client:
         types: Iterable[str] = (),
         heartbeat: float | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Stream[pb.ReadPartitionRequest, pb.ReadPartitionResponse]:
         """Reads one partition from ``cursor`` as an iterator of pages.
 
         ``wait`` (seconds) long-polls when nothing is past the cursor;
         ``follow`` keeps the stream open, with an empty page at least every
-        ``heartbeat`` seconds. Each page's ``cursor`` is the checkpoint to
-        store.
+        ``heartbeat`` seconds (5 by default). Each page's ``cursor`` is the
+        checkpoint to store. ``retry`` replaces the client's policy for this
+        stream.
         """
         request = rq.read_partition_request(topic, partition, cursor, max_events, wait, follow, types, heartbeat)
-        return self._stream(self._stub.ReadPartition, request, rq.resume_read_partition, timeout)
+        return self._stream(self._stub.ReadPartition, request, rq.resume_read_partition, timeout, retry)
 
     def surface(
         self,
@@ -232,9 +247,11 @@ class Client:
         request = pb.CreateTopicRequest(name=name, partition_count=partition_count)
         return self._unary(self._stub.CreateTopic, request, timeout)  # type: ignore[no-any-return]
 
-    def get_topic(self, name: str, *, timeout: float | None = None) -> pb.Topic:
-        """Describes one topic, with its partitions' head cursors."""
-        response: pb.GetTopicResponse = self._unary(self._stub.GetTopic, pb.GetTopicRequest(name=name), timeout)
+    def get_topic(self, name: str, *, timeout: float | None = None, retry: RetryPolicy | None = None) -> pb.Topic:
+        """Describes one topic, with its partitions' head cursors. ``retry``
+        replaces the client's policy for this call."""
+        request = pb.GetTopicRequest(name=name)
+        response: pb.GetTopicResponse = self._unary(self._stub.GetTopic, request, timeout, retry=retry)
         return response.topic
 
     def list_topics(

@@ -83,6 +83,13 @@ class FailedPrecondition(EventHubError):
         self.actual_version: int | None = int(version) if version and version.isdigit() else None
 
 
+class OutOfRange(EventHubError):
+    """A value out of range: a request over the hub's total size limit (see the
+    limits in the proto), or a cursor past its partition's head."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
 class Unimplemented(EventHubError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
@@ -115,6 +122,7 @@ _BY_CODE: dict[grpc.StatusCode, type[EventHubError]] = {
         PermissionDenied,
         ResourceExhausted,
         FailedPrecondition,
+        OutOfRange,
         Unimplemented,
         Internal,
         Unavailable,

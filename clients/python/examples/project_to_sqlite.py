@@ -5,10 +5,12 @@ consumer stores its cursor in the same SQLite transaction as the rows, so
 killing this program at any moment and starting it again leaves every event
 in the table exactly once: no row is lost and none is written twice.
 
-    python examples/project_to_sqlite.py --target 127.0.0.1:50051 --topic orders --db orders.db
+    python clients/python/examples/project_to_sqlite.py --target 127.0.0.1:50051 --topic orders --db orders.db
 
-It follows the topic until SIGINT/SIGTERM, or with ``--until-caught-up``
-stops once it has read every partition up to its head.
+(from the repository root, with the package installed). TOPIC must exist.
+It follows the topic until SIGINT/SIGTERM, through restarts of the hub, or
+with ``--until-caught-up`` stops once it has read every partition up to its
+head.
 """
 
 from __future__ import annotations

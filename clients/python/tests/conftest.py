@@ -34,9 +34,10 @@ class Hub:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def start_hub(directory: Path, *extra: str) -> Hub:
-    """Starts ``eventhub serve`` on a free port with a fresh SQLite database
-    in ``directory`` and waits for its "listening" line."""
+def start_hub(directory: Path, *extra: str, listen: str = "127.0.0.1:0") -> Hub:
+    """Starts ``eventhub serve`` on ``listen`` (a free port by default) with
+    the SQLite database in ``directory`` (fresh the first time) and waits for
+    its "listening" line."""
     log = directory / "hub.log"
     with open(log, "wb") as log_file:
         process = subprocess.Popen(
@@ -44,7 +45,7 @@ def start_hub(directory: Path, *extra: str) -> Hub:
                 HUB_BIN,
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--database",
                 f"sqlite://{directory / 'hub.db'}",
                 *extra,

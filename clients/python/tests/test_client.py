@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from _support import unique_topic, wait_for
-from conftest import DEFAULT_PARTITIONS
+from conftest import DEFAULT_PARTITIONS, start_hub, stop_hub
 
 import eventhub
 from eventhub import AppendEvent
@@ -335,3 +338,42 @@ def test_unavailable_after_retries() -> None:
         assert error.value.code == grpc.StatusCode.UNAVAILABLE
         with pytest.raises(eventhub.Unavailable):
             list(c.read_partition("t", 0))
+
+
+def test_out_of_range(tmp_path: Path) -> None:
+    """A request over the hub's total size limit raises OutOfRange, and nothing is stored."""
+    small = start_hub(tmp_path, "--max-request-bytes", "2000")
+    try:
+        with eventhub.Client(small.target) as c:
+            topic = unique_topic()
+            c.create_topic(topic, 1)
+            with pytest.raises(eventhub.OutOfRange) as error:
+                c.append(topic, [ev("k", payload=b"x" * 5000)])
+            assert error.value.code == grpc.StatusCode.OUT_OF_RANGE and "2000" in error.value.message
+            assert c.get_topic(topic).event_count == 0
+    finally:
+        assert stop_hub(small) == 0
+
+
+@pytest.mark.timeout(30)
+def test_cancel_from_a_signal_handler_while_the_call_opens(client: eventhub.Client) -> None:
+    """A signal handler that cancels a stream runs on the thread iterating it, possibly while that
+    thread holds the stream's lock to open the call: the cancel neither deadlocks nor is lost
+    (the follow stream below would otherwise wait for its first heartbeat, a minute away)."""
+    topic = unique_topic()
+    client.create_topic(topic, 1)
+    stream = client.read_partition(topic, 0, "_last", follow=True, heartbeat=60)
+    open_call = stream._open_call
+
+    def open_during_a_signal(request: Any) -> Any:
+        signal.raise_signal(signal.SIGUSR1)  # its handler runs here, inside the stream's lock
+        return open_call(request)
+
+    stream._open_call = open_during_a_signal
+    previous = signal.signal(signal.SIGUSR1, lambda *_: stream.cancel())
+    try:
+        started = time.monotonic()
+        assert list(stream) == []
+        assert time.monotonic() - started < 10
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _support import unique_topic, wait_for
@@ -139,3 +141,99 @@ def test_unknown_topic(client: eventhub.Client, tmp_path: Path) -> None:
     db = projection(tmp_path / "p.db")
     with pytest.raises(eventhub.NotFound):
         consumer(client, unique_topic("missing"), db).run(until_caught_up=True)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_handler(directory: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Runs the README's consumer example up to its handler, in ``directory``,
+    and returns its globals (``db``, ``apply``)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    [example] = [b for b in blocks if "def apply(" in b]
+    monkeypatch.chdir(directory)
+    namespace: dict[str, Any] = {}
+    exec(compile(example, str(README), "exec"), namespace)
+    return namespace
+
+
+def test_readme_consumer_example(client: eventhub.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's handler copes with the data the READMEs tell you to write (JSON payloads,
+    empty payloads, invalidation markers) and, undoing invalidated transactions when their
+    markers arrive, ends in the same state whether it read before or after the invalidation,
+    with a types filter or not."""
+    topic = unique_topic("orders")
+    client.create_topic(topic, 4)
+    client.append(
+        topic,
+        [
+            AppendEvent(
+                key="order-1",
+                type="OrderPlaced",
+                content_type="application/json",
+                payload=b'{"total": 42}',
+                event_id="place-order-1",
+            ),
+            AppendEvent(
+                key="order-1", type="OrderPaid", expected=eventhub.EXPECTED_VERSION_EXACT, expected_key_version=1
+            ),
+        ],
+    )
+    wrong = client.append(
+        topic,
+        [
+            AppendEvent(
+                key=f"order-{i}", type="OrderPlaced", content_type="application/json", payload=b'{"total": 1000}'
+            )
+            for i in range(2, 6)
+        ],
+    )
+    assert len({r.partition for r in wrong.results}) > 1
+
+    def totals(namespace: dict[str, Any]) -> dict[str, int]:
+        query = "SELECT key, sum(total) FROM order_totals GROUP BY key"
+        return dict(namespace["db"].execute(query).fetchall())
+
+    def run(namespace: dict[str, Any], **kw: Any) -> None:
+        store = eventhub.SqliteCursorStore(namespace["db"])
+        eventhub.Consumer(client, topic, "totals", store, namespace["apply"], **kw).run(until_caught_up=True)
+
+    (tmp_path / "early").mkdir()
+    early = readme_handler(tmp_path / "early", monkeypatch)
+    run(early)
+    assert totals(early) == {"order-1": 42, **{f"order-{i}": 1000 for i in range(2, 6)}}
+
+    client.invalidate(topic, wrong.transaction_id, "prices were wrong")
+    run(early)
+    assert totals(early) == {"order-1": 42}
+
+    (tmp_path / "late").mkdir()
+    late = readme_handler(tmp_path / "late", monkeypatch)
+    run(late, types=["OrderPlaced"])
+    assert totals(late) == {"order-1": 42}
+
+
+def test_types_filter_includes_invalidation_markers(client: eventhub.Client, tmp_path: Path) -> None:
+    """A consumer's types filter lets invalidation markers through, so the handler can undo."""
+    topic = unique_topic()
+    client.create_topic(topic, 1)
+    append(client, topic, 0, 2, type="A")
+    bad = client.append(topic, [AppendEvent(key="k9", type="B", payload=b"x")])
+    client.invalidate(topic, bad.transaction_id, "wrong")
+    db = projection(tmp_path / "p.db")
+    filtered = consumer(client, topic, db, types=["A"])
+    assert filtered.types == ("A", eventhub.INVALIDATION_EVENT_TYPE)
+    filtered.run(until_caught_up=True)
+    assert [type for _, _, _, type in rows(db)] == ["A", "A", eventhub.INVALIDATION_EVENT_TYPE]
+
+
+def test_empty_partitions_list_is_refused(client: eventhub.Client, tmp_path: Path) -> None:
+    """partitions=None reads every partition; an empty list is a mistake, not "none"."""
+    topic = unique_topic()
+    client.create_topic(topic, 2)
+    append(client, topic, 0, 10)
+    db = projection(tmp_path / "p.db")
+    with pytest.raises(ValueError, match="partitions"):
+        consumer(client, topic, db, partitions=[])
+    consumer(client, topic, db, partitions=None).run(until_caught_up=True)
+    assert len(rows(db)) == 10

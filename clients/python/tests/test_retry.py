@@ -126,3 +126,12 @@ def test_async_client_retries_and_resumes(flaky: tuple[Flaky, str]) -> None:
 
     asyncio.run(main())
     assert len(servicer.requests["GetTopic"]) == 3
+
+
+def test_retrying_forever_never_waits_longer_than_max_backoff() -> None:
+    """RETRY_FOREVER allows every retry, and its backoff stays capped however long it goes on
+    (the exponential term overflows a float after about a thousand retries)."""
+    forever = eventhub.RETRY_FOREVER
+    assert all(forever.allows_retry(n) for n in (0, 8, 10**6))
+    assert not eventhub.RetryPolicy().allows_retry(7)
+    assert all(0 <= forever.backoff(n) <= forever.max_backoff for n in (0, 10, 1100, 10**6))
