@@ -3,9 +3,11 @@ package eventhub
 import (
 	"context"
 	"iter"
+	"time"
 
 	pb "github.com/eventhub/eventhub/clients/go/eventhubv1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 )
@@ -17,10 +19,17 @@ const (
 	Last  = "_last"
 )
 
+// InvalidationType is the type of invalidation markers, the events that
+// Invalidate appends after the events of the transaction it invalidates
+// (see Event.invalidation in the proto).
+const InvalidationType = "$invalidation"
+
 // Client calls an eventhub. It is safe for concurrent use.
 type Client struct {
-	// Retry says how reads are retried while the hub is UNAVAILABLE. Set it
-	// before the first call; the zero value means DefaultRetry.
+	// Retry says how reads (every call but Append, Invalidate and
+	// CreateTopic) are retried. Set it before the first call; the zero
+	// value tries a call 8 times, waiting 100ms doubling up to 5s in
+	// between, with jitter.
 	Retry RetryPolicy
 
 	api  pb.EventHubServiceClient
@@ -28,9 +37,17 @@ type Client struct {
 }
 
 // Dial connects to the hub at target (host:port or any gRPC target). The
-// connection is plaintext unless opts set transport credentials.
+// connection is plaintext unless opts set transport credentials. While the
+// hub is unreachable, gRPC tries to reconnect at least every 5 seconds
+// (its own default backs off up to 2 minutes, which would keep a consumer
+// waiting that long after the hub is back); opts can change that too.
 func Dial(target string, opts ...grpc.DialOption) (*Client, error) {
-	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
+	reconnect := backoff.DefaultConfig
+	reconnect.MaxDelay = 5 * time.Second
+	opts = append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnect, MinConnectTimeout: 20 * time.Second}),
+	}, opts...)
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, err

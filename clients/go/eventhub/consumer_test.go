@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,7 +21,14 @@ import (
 // of applied events.
 func openDB(t *testing.T) *sql.DB {
 	t.Helper()
-	db, err := sql.Open("sqlite", "file:"+filepath.Join(t.TempDir(), "app.db")+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)")
+	return openSQLite(t, filepath.Join(t.TempDir(), "app.db"))
+}
+
+// openSQLite opens the SQLite database at path, creating the cursor table
+// and the table applied if they do not exist.
+func openSQLite(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +38,7 @@ func openDB(t *testing.T) *sql.DB {
 	if err := eventhub.CreateCursorTable(ctx, db, eventhub.SQLite); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.ExecContext(ctx, `CREATE TABLE applied (partition INTEGER, sequence INTEGER, key TEXT)`); err != nil {
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS applied (partition INTEGER, sequence INTEGER, key TEXT)`); err != nil {
 		t.Fatal(err)
 	}
 	return db
@@ -38,12 +46,39 @@ func openDB(t *testing.T) *sql.DB {
 
 // record is a Handler inserting every event into the table applied.
 func record(ctx context.Context, tx *sql.Tx, page *pb.ReadPartitionResponse) error {
-	for _, e := range page.Events {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO applied VALUES (?, ?, ?)`, e.Partition, e.Sequence, e.Key); err != nil {
-			return err
+	return recorder(eventhub.SQLite)(ctx, tx, page)
+}
+
+// recorder returns a Handler inserting every event into the table applied
+// of a database of dialect d.
+func recorder(d eventhub.Dialect) eventhub.Handler {
+	insert := d.Rebind(`INSERT INTO applied VALUES (?, ?, ?)`)
+	return func(ctx context.Context, tx *sql.Tx, page *pb.ReadPartitionResponse) error {
+		for _, e := range page.Events {
+			if _, err := tx.ExecContext(ctx, insert, int64(e.Partition), int64(e.Sequence), e.Key); err != nil {
+				return err
+			}
 		}
+		return nil
 	}
-	return nil
+}
+
+// errStop is what untilStop's Handler ends a consumer with.
+var errStop = errors.New("the Stop event")
+
+// untilStop wraps a Handler: on a page holding an event of type Stop it
+// returns errStop, which rolls the page back and ends Run. With MaxEvents
+// 1 that page holds nothing else, so every earlier event is committed and
+// no later one is read: a run that ends at a known point without timing.
+func untilStop(h eventhub.Handler) eventhub.Handler {
+	return func(ctx context.Context, tx *sql.Tx, page *pb.ReadPartitionResponse) error {
+		for _, e := range page.Events {
+			if e.Type == "Stop" {
+				return errStop
+			}
+		}
+		return h(ctx, tx, page)
+	}
 }
 
 // count returns the rows and distinct positions of the table applied.
@@ -174,8 +209,9 @@ func TestConsumerStartAtLastAndSubset(t *testing.T) {
 	}
 }
 
-// A consumer rides through a restart of its hub (reads are retried while
-// it is away) and applies every event once.
+// A consumer with the default retry policy rides through a restart of its
+// hub (it retries without limit while the hub is away, reporting each
+// failure to its Logger) and applies every event once.
 func TestConsumerSurvivesHubRestart(t *testing.T) {
 	dir := t.TempDir()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -198,13 +234,13 @@ func TestConsumerSurvivesHubRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.Retry = eventhub.RetryPolicy{Attempts: 200, Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond}
 	if _, _, err := c.CreateTopic(testCtx(t), "restart", 3); err != nil {
 		t.Fatal(err)
 	}
 
 	db := openDB(t)
-	stop := start(t, &eventhub.Consumer{Client: c, DB: db, Name: "test", Topic: "restart", Handler: record})
+	logs := make(logLines, 1000)
+	stop := start(t, &eventhub.Consumer{Client: c, DB: db, Name: "test", Topic: "restart", Handler: record, Logger: logs.logger()})
 	appendN(t, c, "restart", 0, 30)
 	waitFor(t, "30 applied events", 30*time.Second, func() bool { n, _ := count(t, db); return n >= 30 })
 	if err := h.Stop(); err != nil {
@@ -225,6 +261,10 @@ func TestConsumerSurvivesHubRestart(t *testing.T) {
 	if rows, distinct := count(t, db); rows != 60 || distinct != 60 {
 		t.Fatalf("applied %d rows for %d distinct events, want 60 each", rows, distinct)
 	}
+	// The hub's shutdown broke each partition's follow stream.
+	if reports := logs.drain(); !strings.Contains(reports, "reading failed; retrying") {
+		t.Fatalf("no retried failure reported to the Logger; it got:\n%s", reports)
+	}
 }
 
 // Rebind turns `?` placeholders into PostgreSQL's `$n`.
@@ -235,5 +275,190 @@ func TestRebind(t *testing.T) {
 	}
 	if got, want := eventhub.Postgres.Rebind(q), `SELECT a FROM t WHERE b = $1 AND c = $2`; got != want {
 		t.Errorf("Postgres.Rebind = %q, want %q", got, want)
+	}
+}
+
+// A backend is a database the consumer's cursors are tested on.
+type backend struct {
+	name    string
+	dialect eventhub.Dialect
+	// open returns two handles on one fresh database holding the cursor
+	// table and the table applied, as two processes would have them.
+	open func(t *testing.T) (*sql.DB, *sql.DB)
+}
+
+// backends are SQLite, and PostgreSQL when EVENTHUB_TEST_POSTGRES_DSN
+// names a database (see openPostgres).
+var backends = []backend{
+	{"sqlite", eventhub.SQLite, func(t *testing.T) (*sql.DB, *sql.DB) {
+		path := filepath.Join(t.TempDir(), "app.db")
+		return openSQLite(t, path), openSQLite(t, path)
+	}},
+	{"postgres", eventhub.Postgres, openPostgres},
+}
+
+// Two consumers with the same name (replicas, or the old and the new
+// instance of a rolling deploy) never both apply a page: the one that
+// commits second gets a *CursorConflictError, and its transaction, with its
+// Handler's effects, is rolled back. This holds for a partition's first
+// cursor (an insert) and for a stored one (an update).
+func TestConsumerCursorConflict(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name+"/first-cursor", func(t *testing.T) { testCursorConflict(t, b, false) })
+		t.Run(b.name+"/stored-cursor", func(t *testing.T) { testCursorConflict(t, b, true) })
+	}
+}
+
+func testCursorConflict(t *testing.T, b backend, stored bool) {
+	ctx := testCtx(t)
+	dbA, dbB := b.open(t)
+	topic := newTopic(t, 1)
+	expected := ""
+	if stored {
+		expected = eventhub.First
+		if _, err := dbA.ExecContext(ctx, b.dialect.Rebind(`INSERT INTO eventhub_cursors VALUES (?, ?, ?, ?)`),
+			"twin", topic, 0, expected); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := mustAppend(t, topic, ev("k", "T", "1")).Results[0]
+	mustAppend(t, topic, ev("k", "T", "2"))
+	await := func(what string, ch <-chan struct{}, failed <-chan error) {
+		t.Helper()
+		select {
+		case <-ch:
+		case err := <-failed:
+			t.Fatalf("waiting for %s: Run returned %v", what, err)
+		case <-ctx.Done():
+			t.Fatalf("waiting for %s: %v", what, ctx.Err())
+		}
+	}
+
+	// B reads the first page and holds it, in its transaction, unapplied.
+	bHolds, releaseB := make(chan struct{}), make(chan struct{})
+	consumerB := &eventhub.Consumer{Client: client, DB: dbB, Dialect: b.dialect, Name: "twin", Topic: topic, MaxEvents: 1,
+		Handler: func(ctx context.Context, tx *sql.Tx, page *pb.ReadPartitionResponse) error {
+			if page.Events[0].Sequence != 1 {
+				return fmt.Errorf("B committed the first page and went on to event %d", page.Events[0].Sequence)
+			}
+			close(bHolds)
+			select {
+			case <-releaseB:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			return recorder(b.dialect)(ctx, tx, page)
+		}}
+	bDone := make(chan error, 1)
+	go func() { bDone <- consumerB.Run(ctx) }()
+	await("B to hold the first page", bHolds, bDone)
+
+	// A applies the first page: reaching the second means it committed it.
+	aAtSecond := make(chan struct{})
+	consumerA := &eventhub.Consumer{Client: client, DB: dbA, Dialect: b.dialect, Name: "twin", Topic: topic, MaxEvents: 1,
+		Handler: func(ctx context.Context, tx *sql.Tx, page *pb.ReadPartitionResponse) error {
+			if page.Events[0].Sequence == 2 {
+				close(aAtSecond)
+				<-ctx.Done()
+				return ctx.Err()
+			}
+			return recorder(b.dialect)(ctx, tx, page)
+		}}
+	stopA := start(t, consumerA)
+	await("A to commit the first page", aAtSecond, nil)
+
+	// B now applies the first page too, and must fail to commit it.
+	close(releaseB)
+	var err error
+	select {
+	case err = <-bDone:
+	case <-ctx.Done():
+		t.Fatalf("B's Run did not return: %v", ctx.Err())
+	}
+	var conflict *eventhub.CursorConflictError
+	if !errors.As(err, &conflict) || conflict.Consumer != "twin" || conflict.Topic != topic ||
+		conflict.Partition != 0 || conflict.Expected != expected {
+		t.Fatalf("B's Run: %v; want a *CursorConflictError expecting %q", err, expected)
+	}
+	if err := stopA(); err != nil {
+		t.Fatalf("A's Run: %v", err)
+	}
+
+	var sequences []int64
+	rows, err := dbA.QueryContext(ctx, `SELECT sequence FROM applied ORDER BY sequence`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var s int64
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		sequences = append(sequences, s)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(sequences) != "[1]" {
+		t.Fatalf("applied sequences %v; want [1], applied once by A (B's effects rolled back)", sequences)
+	}
+	var cursor string
+	if err := dbA.QueryRowContext(ctx, b.dialect.Rebind(`SELECT "cursor" FROM eventhub_cursors WHERE consumer = ? AND topic = ?`),
+		"twin", topic).Scan(&cursor); err != nil || cursor != first.Cursor {
+		t.Fatalf("stored cursor %q (%v); want A's, after the first event: %q", cursor, err, first.Cursor)
+	}
+}
+
+// A partition listed more than once in Partitions is read once, so each
+// of its events is applied once (and not refused as a cursor conflict).
+func TestConsumerDuplicatePartitions(t *testing.T) {
+	topic := newTopic(t, 2)
+	db := openDB(t)
+	appendN(t, client, topic, 0, 30)
+	mustAppend(t, topic, ev(keyIn(1, 2), "Stop", ""))
+	want := 0
+	for j := range 30 {
+		if eventhub.PartitionFor(fmt.Sprintf("key-%d", j%37), 2) == 1 {
+			want++
+		}
+	}
+	c := &eventhub.Consumer{Client: client, DB: db, Name: "test", Topic: topic, Partitions: []uint32{1, 1, 1},
+		MaxEvents: 1, Handler: untilStop(record)}
+	if err := c.Run(testCtx(t)); !errors.Is(err, errStop) {
+		t.Fatalf("Run: %v; want it ended by the Stop event", err)
+	}
+	if rows, distinct := count(t, db); rows != want || distinct != want {
+		t.Fatalf("applied %d rows for %d distinct events; want the %d events of partition 1 once each", rows, distinct, want)
+	}
+}
+
+// With a Types filter, a consumer still receives invalidation markers: it
+// adds $invalidation to the types it asks for (without changing Types).
+func TestConsumerTypesKeepInvalidationMarkers(t *testing.T) {
+	ctx := testCtx(t)
+	topic := newTopic(t, 1)
+	bad := mustAppend(t, topic, ev("a", "Keep", "1"), ev("b", "Skip", "2"))
+	if _, err := client.Invalidate(ctx, topic, bad.TransactionId, "wrong"); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, topic, ev("c", "Skip", "3"), ev("d", "Stop", "4"))
+	var seen []string
+	c := &eventhub.Consumer{Client: client, DB: openDB(t), Name: "test", Topic: topic, MaxEvents: 1,
+		Types: []string{"Keep", "Stop"},
+		Handler: untilStop(func(ctx context.Context, tx *sql.Tx, page *pb.ReadPartitionResponse) error {
+			for _, e := range page.Events {
+				seen = append(seen, fmt.Sprintf("%s/%d", e.Type, e.Invalidation.GetTransactionId()))
+			}
+			return nil
+		})}
+	if err := c.Run(ctx); !errors.Is(err, errStop) {
+		t.Fatalf("Run: %v; want it ended by the Stop event", err)
+	}
+	if got, want := strings.Join(seen, " "), fmt.Sprintf("Keep/0 $invalidation/%d", bad.TransactionId); got != want {
+		t.Fatalf("handled %q, want %q", got, want)
+	}
+	if len(c.Types) != 2 {
+		t.Fatalf("Run changed Types to %v", c.Types)
 	}
 }

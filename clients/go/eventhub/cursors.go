@@ -85,11 +85,34 @@ func loadCursors(ctx context.Context, q querier, d Dialect, consumer, topic stri
 	return cursors, rows.Err()
 }
 
-// storeCursor records the cursor of one partition.
-func storeCursor(ctx context.Context, q querier, d Dialect, consumer, topic string, partition uint32, cursor string) error {
-	_, err := q.ExecContext(ctx, d.Rebind(
-		`INSERT INTO eventhub_cursors (consumer, topic, "partition", "cursor") VALUES (?, ?, ?, ?)
-		 ON CONFLICT (consumer, topic, "partition") DO UPDATE SET "cursor" = excluded."cursor"`),
-		consumer, topic, int64(partition), cursor)
-	return err
+// storeCursor replaces the stored cursor previous of one partition by
+// cursor; with previous empty, it inserts the partition's first cursor. If
+// the stored cursor is no longer previous (or a row was inserted
+// meanwhile), another consumer of the same name stored its own: storeCursor
+// changes nothing and returns a *CursorConflictError.
+func storeCursor(ctx context.Context, q querier, d Dialect, consumer, topic string, partition uint32, previous, cursor string) error {
+	var res sql.Result
+	var err error
+	if previous == "" {
+		res, err = q.ExecContext(ctx, d.Rebind(
+			`INSERT INTO eventhub_cursors (consumer, topic, "partition", "cursor") VALUES (?, ?, ?, ?)
+			 ON CONFLICT (consumer, topic, "partition") DO NOTHING`),
+			consumer, topic, int64(partition), cursor)
+	} else {
+		res, err = q.ExecContext(ctx, d.Rebind(
+			`UPDATE eventhub_cursors SET "cursor" = ?
+			 WHERE consumer = ? AND topic = ? AND "partition" = ? AND "cursor" = ?`),
+			cursor, consumer, topic, int64(partition), previous)
+	}
+	if err != nil {
+		return fmt.Errorf("storing the cursor: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("storing the cursor: %w", err)
+	}
+	if n != 1 {
+		return &CursorConflictError{Consumer: consumer, Topic: topic, Partition: partition, Expected: previous}
+	}
+	return nil
 }

@@ -79,6 +79,30 @@ func (e *VersionConflictError) Error() string {
 
 func (e *VersionConflictError) Unwrap() error { return e.Err }
 
+// CursorConflictError is returned by a Consumer when the stored cursor of a
+// partition is no longer the one it read the page from: another consumer
+// with the same Name (a replica, or the other instance during a rolling
+// deploy) stored its own meanwhile, after applying that page itself. The
+// transaction, with the Handler's effects, was rolled back, so the page is
+// applied once. Running the Consumer again resumes from the stored cursor.
+type CursorConflictError struct {
+	Consumer, Topic string
+	Partition       uint32
+	// Expected is the stored cursor the consumer read from; empty when it
+	// expected none to be stored yet.
+	Expected string
+}
+
+func (e *CursorConflictError) Error() string {
+	expected := "no stored cursor"
+	if e.Expected != "" {
+		expected = fmt.Sprintf("stored cursor %q", e.Expected)
+	}
+	return fmt.Sprintf("eventhub: cursor conflict: consumer %q, topic %q, partition %d expected %s, "+
+		"but another consumer of the same name stored its own (the transaction was rolled back)",
+		e.Consumer, e.Topic, e.Partition, expected)
+}
+
 // wrap turns an error of a gRPC call into an *Error (or a
 // *VersionConflictError when the trailer names the conflicting key).
 func wrap(err error, trailer metadata.MD) error {

@@ -3,6 +3,7 @@ package eventhub_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -149,5 +150,51 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// logLines collects what a slog.TextHandler writes to it, one record per
+// line, dropping records when it is full.
+type logLines chan string
+
+func (l logLines) Write(p []byte) (int, error) {
+	select {
+	case l <- string(p):
+	default:
+	}
+	return len(p), nil
+}
+
+// logger returns a logger writing to l.
+func (l logLines) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+
+// drain returns the records written so far.
+func (l logLines) drain() string {
+	var b strings.Builder
+	for {
+		select {
+		case line := <-l:
+			b.WriteString(line)
+		default:
+			return b.String()
+		}
+	}
+}
+
+// await returns the first record containing substr written from now on
+// (and any left over), or fails the test after timeout.
+func (l logLines) await(t *testing.T, substr string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case line := <-l:
+			if strings.Contains(line, substr) {
+				return line
+			}
+		case <-deadline:
+			t.Fatalf("no log record containing %q within %v", substr, timeout)
+			return ""
+		}
 	}
 }

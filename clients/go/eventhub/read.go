@@ -14,20 +14,34 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// RetryPolicy says how reads are retried while the hub answers UNAVAILABLE
-// (it is restarting, or its database is unreachable).
+// RetryPolicy says how calls are retried when the hub answers UNAVAILABLE
+// (it is restarting, or its database is unreachable) and, for follow
+// reads, when the stream breaks: the hub ends it (it is shutting down) or
+// nothing arrives for three heartbeat intervals (see ReadOptions.Follow).
+// A stream is reopened after the last page it delivered, so nothing is
+// skipped or repeated. Other errors are never retried.
 type RetryPolicy struct {
 	// Attempts is the most tries of one call; a stream that delivered a
-	// page counts afresh from there. 1 disables retries; 0 means 8.
+	// page (heartbeats included) counts afresh from there. 1 disables
+	// retries, a negative value retries without limit, and 0 means the
+	// default of who uses the policy: 8 tries for a Client (giving up after
+	// about 6 to 11 seconds), no limit for a Consumer.
 	Attempts int
 	// Initial is the delay before the first retry (0 means 100ms); it
-	// doubles on each further one up to Max (0 means 5s), with jitter.
+	// doubles on each further one up to Max (0 means 5s). Each delay is
+	// drawn at random from the upper half of its range (jitter).
 	Initial, Max time.Duration
 }
 
-func (p RetryPolicy) withDefaults() RetryPolicy {
-	if p.Attempts <= 0 {
-		p.Attempts = 8
+// Default retry attempts of a Client's calls and of a Consumer's reads.
+const (
+	clientAttempts   = 8
+	consumerAttempts = -1
+)
+
+func (p RetryPolicy) withDefaults(attempts int) RetryPolicy {
+	if p.Attempts == 0 {
+		p.Attempts = attempts
 	}
 	if p.Initial <= 0 {
 		p.Initial = 100 * time.Millisecond
@@ -38,13 +52,32 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 	return p
 }
 
-// backoff waits before retry number n (1, 2, …) or until ctx is done.
-func (p RetryPolicy) backoff(ctx context.Context, n int) error {
+// exhausted reports whether a call that failed failures times in a row
+// may not be tried again.
+func (p RetryPolicy) exhausted(failures int) bool {
+	return p.Attempts > 0 && failures >= p.Attempts
+}
+
+// delay is the wait before retry number n (1, 2, …).
+func (p RetryPolicy) delay(n int) time.Duration {
 	d := p.Initial << min(n-1, 30)
 	if d > p.Max || d <= 0 {
 		d = p.Max
 	}
-	d = d/2 + rand.N(d/2+1)
+	return d/2 + rand.N(d/2+1)
+}
+
+// retryReport is told of each failure that is about to be retried: the
+// error, the failures in a row so far and the delay before the next try.
+type retryReport func(err error, failures int, delay time.Duration)
+
+// backoff waits before retry number n, after telling report (if any) why,
+// or until ctx is done.
+func (p RetryPolicy) backoff(ctx context.Context, n int, err error, report retryReport) error {
+	d := p.delay(n)
+	if report != nil {
+		report(err, n, d)
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -55,58 +88,113 @@ func (p RetryPolicy) backoff(ctx context.Context, n int) error {
 	}
 }
 
-// retry runs a unary call until it succeeds, fails with another code than
-// UNAVAILABLE, or the policy gives up.
+// retry runs a unary call with the Client's policy.
 func (c *Client) retry(ctx context.Context, call func() error) error {
-	p := c.Retry.withDefaults()
+	return retryCall(ctx, c.Retry.withDefaults(clientAttempts), nil, call)
+}
+
+// retryCall runs a unary call until it succeeds, fails with another code
+// than UNAVAILABLE, or the policy gives up.
+func retryCall(ctx context.Context, p RetryPolicy, report retryReport, call func() error) error {
 	for n := 1; ; n++ {
 		err := call()
-		if err == nil || status.Code(err) != codes.Unavailable || n >= p.Attempts {
+		if err == nil || status.Code(err) != codes.Unavailable || p.exhausted(n) {
 			return wrap(err, nil)
 		}
-		if werr := p.backoff(ctx, n); werr != nil {
+		if werr := p.backoff(ctx, n, wrap(err, nil), report); werr != nil {
 			return wrap(status.FromContextError(werr).Err(), nil)
 		}
 	}
 }
 
-// stream yields the messages of a server stream opened by open. When the
-// stream fails with UNAVAILABLE it is opened again (with backoff); open
-// resumes after the last message delivered, which it learns from seen. open
-// returns a nil stream when nothing is left to read.
-func stream[T any](ctx context.Context, p RetryPolicy, open func(context.Context) (grpc.ServerStreamingClient[T], error), seen func(*T)) iter.Seq2[*T, error] {
+// errStalled is the cause with which a follow stream's call is cancelled
+// when nothing arrived within its idle limit.
+var errStalled = errors.New("eventhub: follow stream stalled")
+
+// streamSpec says how stream opens and retries a server stream.
+type streamSpec[T any] struct {
+	policy RetryPolicy
+	report retryReport
+	// follow marks a stream that should never end: when the hub ends it,
+	// it is reopened as after UNAVAILABLE.
+	follow bool
+	// idle, when not 0, is the longest wait for the next message (or for
+	// the first, from the call's start); a call that waits longer is
+	// cancelled and reopened as after UNAVAILABLE.
+	idle time.Duration
+	// open starts the call, resuming after the last message delivered,
+	// which it learns from seen. It returns a nil stream when nothing is
+	// left to read.
+	open func(context.Context) (grpc.ServerStreamingClient[T], error)
+	seen func(*T)
+}
+
+// stream yields the messages of a server stream, reopening it as s says.
+func stream[T any](ctx context.Context, s streamSpec[T]) iter.Seq2[*T, error] {
 	return func(yield func(*T, error) bool) {
-		ctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		for failures := 0; ; {
-			s, err := open(ctx)
-			if s == nil && err == nil {
+		failures := 0
+		for {
+			stopped, err := s.call(ctx, yield, &failures)
+			if stopped {
 				return
-			}
-			for err == nil {
-				var msg *T
-				if msg, err = s.Recv(); err == nil {
-					failures = 0
-					seen(msg)
-					if !yield(msg, nil) {
-						return
-					}
-				}
 			}
 			if errors.Is(err, io.EOF) {
-				return
+				if !s.follow {
+					return
+				}
+				err = status.Error(codes.Unavailable, "the hub ended the follow stream (it is shutting down)")
 			}
 			failures++
-			if status.Code(err) != codes.Unavailable || failures >= p.Attempts {
+			if status.Code(err) != codes.Unavailable || s.policy.exhausted(failures) {
 				yield(nil, wrap(err, nil))
 				return
 			}
-			if werr := p.backoff(ctx, failures); werr != nil {
+			if werr := s.policy.backoff(ctx, failures, wrap(err, nil), s.report); werr != nil {
 				yield(nil, wrap(status.FromContextError(werr).Err(), nil))
 				return
 			}
 		}
 	}
+}
+
+// call makes one call of s and yields its messages. It returns stopped when
+// yield asked to stop, and otherwise the error the call ended with (io.EOF
+// when the hub ended it, or when nothing was left to read). Each message
+// resets failures.
+func (s streamSpec[T]) call(ctx context.Context, yield func(*T, error) bool, failures *int) (stopped bool, err error) {
+	callCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var watchdog *time.Timer
+	if s.idle > 0 {
+		// Armed only while waiting for the hub, not while yield runs.
+		watchdog = time.AfterFunc(s.idle, func() { cancel(errStalled) })
+		defer watchdog.Stop()
+	}
+	st, err := s.open(callCtx)
+	if st == nil && err == nil {
+		return false, io.EOF
+	}
+	for err == nil {
+		var msg *T
+		if msg, err = st.Recv(); err != nil {
+			break
+		}
+		if watchdog != nil {
+			watchdog.Stop()
+		}
+		*failures = 0
+		s.seen(msg)
+		if !yield(msg, nil) {
+			return true, nil
+		}
+		if watchdog != nil {
+			watchdog.Reset(s.idle)
+		}
+	}
+	if ctx.Err() == nil && errors.Is(context.Cause(callCtx), errStalled) {
+		err = status.Errorf(codes.Unavailable, "no page or heartbeat from the hub for %v (three heartbeat intervals)", s.idle)
+	}
+	return false, err
 }
 
 // ReadOptions tune ReadPartition. The zero value reads pages of 100 events
@@ -117,35 +205,64 @@ type ReadOptions struct {
 	// Wait is how long to wait for an event when none is past the cursor
 	// (long-poll).
 	Wait time.Duration
-	// Follow keeps the stream open and pushes events as they commit.
+	// Follow keeps the stream open and pushes events as they commit, with
+	// an empty heartbeat page at least every Heartbeat. A follow stream
+	// has no end: when the hub ends it (it is shutting down), or when
+	// nothing, not even a heartbeat, arrives for three heartbeat intervals
+	// (the connection died silently), the call is cancelled and reopened
+	// after the last page, as after UNAVAILABLE. The time the caller takes
+	// between two pages does not count.
 	Follow bool
-	// Heartbeat is, with Follow, the longest gap between pages; 0 means 5s.
+	// Heartbeat is, with Follow, the longest gap between pages; 0 means
+	// 5s, and the hub raises values below 50ms to 50ms.
 	Heartbeat time.Duration
 	// Types, when not empty, keeps only events of these types; the cursor
-	// still moves past the others.
+	// still moves past the others. Invalidation markers are sent only when
+	// InvalidationType is listed.
 	Types []string
 }
 
 // ReadPartition yields pages of one partition from cursor (First, Last, or
-// a cursor from an earlier page or event). After an UNAVAILABLE it resumes
-// from the last page's cursor, so no event is skipped or repeated.
+// a cursor from an earlier page or event). It is retried as Client.Retry
+// says, resuming after the last page delivered, so no event is skipped or
+// repeated.
 func (c *Client) ReadPartition(ctx context.Context, topic string, partition uint32, cursor string, opts ReadOptions) iter.Seq2[*pb.ReadPartitionResponse, error] {
+	return c.readPartition(ctx, topic, partition, cursor, opts, c.Retry.withDefaults(clientAttempts), nil)
+}
+
+func (c *Client) readPartition(ctx context.Context, topic string, partition uint32, cursor string, opts ReadOptions, policy RetryPolicy, report retryReport) iter.Seq2[*pb.ReadPartitionResponse, error] {
 	return func(yield func(*pb.ReadPartitionResponse, error) bool) {
 		req := &pb.ReadPartitionRequest{
-			Topic:       topic,
-			Partition:   partition,
-			Cursor:      cursor,
-			MaxEvents:   opts.MaxEvents,
-			WaitMs:      millis(opts.Wait),
-			Follow:      opts.Follow,
-			Types:       opts.Types,
-			HeartbeatMs: millis(opts.Heartbeat),
+			Topic:     topic,
+			Partition: partition,
+			Cursor:    cursor,
+			MaxEvents: opts.MaxEvents,
+			WaitMs:    millis(opts.Wait),
+			Follow:    opts.Follow,
+			Types:     opts.Types,
 		}
-		open := func(ctx context.Context) (grpc.ServerStreamingClient[pb.ReadPartitionResponse], error) {
-			return c.api.ReadPartition(ctx, req)
+		var idle time.Duration
+		if opts.Follow {
+			// Ask for the interval explicitly, so that the hub and the
+			// watchdog agree on it.
+			heartbeat := opts.Heartbeat
+			if heartbeat <= 0 {
+				heartbeat = 5 * time.Second
+			}
+			heartbeat = max(heartbeat, 50*time.Millisecond)
+			req.HeartbeatMs = millis(heartbeat)
+			idle = 3 * time.Duration(req.HeartbeatMs) * time.Millisecond
 		}
-		seen := func(page *pb.ReadPartitionResponse) { req.Cursor = page.Cursor }
-		stream(ctx, c.Retry.withDefaults(), open, seen)(yield)
+		stream(ctx, streamSpec[pb.ReadPartitionResponse]{
+			policy: policy,
+			report: report,
+			follow: opts.Follow,
+			idle:   idle,
+			open: func(ctx context.Context) (grpc.ServerStreamingClient[pb.ReadPartitionResponse], error) {
+				return c.api.ReadPartition(ctx, req)
+			},
+			seen: func(page *pb.ReadPartitionResponse) { req.Cursor = page.Cursor },
+		})(yield)
 	}
 }
 
@@ -193,7 +310,7 @@ func (c *Client) Surface(ctx context.Context, topic string, opts SurfaceOptions)
 				}
 			}
 		}
-		stream(ctx, c.Retry.withDefaults(), open, seen)(yield)
+		stream(ctx, streamSpec[pb.SurfaceResponse]{policy: c.Retry.withDefaults(clientAttempts), open: open, seen: seen})(yield)
 	}
 }
 
@@ -211,7 +328,7 @@ func (c *Client) ReadKey(ctx context.Context, topic, key string, fromVersion uin
 				req.FromVersion = page.Events[n-1].KeyVersion + 1
 			}
 		}
-		stream(ctx, c.Retry.withDefaults(), open, seen)(yield)
+		stream(ctx, streamSpec[pb.ReadKeyResponse]{policy: c.Retry.withDefaults(clientAttempts), open: open, seen: seen})(yield)
 	}
 }
 

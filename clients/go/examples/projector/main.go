@@ -3,6 +3,8 @@
 // stores the partition's cursor, so a crash at any moment neither loses nor
 // repeats an event: the column `events` counts every event exactly once.
 //
+// From clients/go, with a hub running and the topic created:
+//
 //	go run ./examples/projector -hub 127.0.0.1:50051 -topic orders -db projection.db
 //
 // It runs until interrupted (SIGINT or SIGTERM) and resumes where it
@@ -90,7 +92,12 @@ func project(ctx context.Context, tx *sql.Tx, page *pb.ReadPartitionResponse) er
 		var err error
 		switch {
 		case e.Invalidation != nil:
-			continue // this projection keeps invalidated events
+			// This projection counts every event, valid or not, so
+			// that its result does not depend on when it reads (see
+			// "Invalidated transactions" in the README). One that must
+			// drop invalid effects would undo here what transaction
+			// e.Invalidation.TransactionId applied.
+			continue
 		case e.Tombstone:
 			_, err = tx.ExecContext(ctx, `DELETE FROM projection WHERE key = ?`, e.Key)
 		default:

@@ -99,8 +99,17 @@ func Start(dir, listen string, extra ...string) (*Hub, error) {
 	}
 }
 
+// Pause stops the hub with SIGSTOP: its connections stay open but nothing
+// answers, as when a peer or the network dies silently.
+func (h *Hub) Pause() error { return h.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume continues a paused hub with SIGCONT.
+func (h *Hub) Resume() error { return h.cmd.Process.Signal(syscall.SIGCONT) }
+
 // Stop ends the hub with SIGTERM (SIGKILL after 10s) and waits for it.
+// A paused hub is resumed first, so that it can shut down gracefully.
 func (h *Hub) Stop() error {
+	h.cmd.Process.Signal(syscall.SIGCONT)
 	h.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-h.exited:
