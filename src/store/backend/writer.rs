@@ -266,6 +266,16 @@ fn lost_connection(error: &HubError) -> bool {
     error.is_unavailable() && !matches!(error, HubError::Storage(sqlx::Error::Database(_)))
 }
 
+/// The answer to an append whose connection was lost while it committed,
+/// when nothing says whether the commit happened.
+fn maybe_stored(cause: &dyn std::fmt::Display) -> HubError {
+    HubError::MaybeStored(format!(
+        "the hub's database is unavailable ({cause}); the connection was lost while the append \
+         was being committed, so it may or may not be stored. Read it back before appending it \
+         again, or retry with the same event ids (always safe)"
+    ))
+}
+
 struct Writer {
     pool: Pool<Db>,
     wrote: Option<watch::Sender<()>>,
@@ -1059,11 +1069,7 @@ impl Writer {
         };
         let unknown = |e: &dyn std::fmt::Display| {
             tracing::warn!(error = %e, "cannot tell whether a commit happened");
-            HubError::MaybeStored(format!(
-                "the hub's database is unavailable ({e}); the connection was lost while the append \
-                 was being committed, so it may or may not be stored. Read it back before appending \
-                 it again, or retry with the same event ids (always safe)"
-            ))
+            maybe_stored(e)
         };
         let mut conn = self.pool.acquire().await.map_err(|e| unknown(&e))?;
         let mut tx = conn.begin().await.map_err(|e| unknown(&e))?;
@@ -1327,12 +1333,7 @@ impl Writer {
                     // the server when the connection broke may run after
                     // the check found nothing, and commit.
                     draft.not_committed();
-                    return Err(HubError::MaybeStored(format!(
-                        "the hub's database is unavailable ({e}); the connection was lost while \
-                         the append was being written, so it may or may not be stored. Read it \
-                         back before appending it again, or retry with the same event ids \
-                         (always safe)"
-                    )));
+                    return Err(maybe_stored(&e));
                 }
                 Ok(false) => {
                     draft.not_committed();
