@@ -250,3 +250,142 @@ async fn a_second_process_on_one_sqlite_file_is_refused() {
         2
     );
 }
+
+/// The disk fills up under a running hub on SQLite (its file size limit,
+/// `RLIMIT_FSIZE`, is reached): appends fail with UNAVAILABLE and a
+/// message, those said not to be stored are not, every acknowledged one
+/// is, whole, also after a restart; and once there is room again the hub
+/// appends without being restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_loses_nothing_acknowledged() {
+    if on_postgres() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("hub.db").display());
+    let mut command = serve_command(&db, 4);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            // Writing past the limit fails with EFBIG instead of killing the process.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 3 << 20,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut hub = spawn_command(command).await;
+    let payload = |n: usize, i: usize| format!("a{n}e{i}:{}", "x".repeat(2_000));
+    let request = |n: usize| eventhub::proto::AppendRequest {
+        topic: "full".into(),
+        events: (0..100)
+            .map(|i| eventhub::proto::AppendEvent {
+                key: format!("k{}", (n * 7 + i) % 150),
+                r#type: "T".into(),
+                event_id: format!("a{n}e{i}"),
+                payload: payload(n, i).into_bytes(),
+                ..Default::default()
+            })
+            .collect(),
+        dedup_by_content: false,
+    };
+    let (mut acked, mut refused, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
+    for n in 0..80 {
+        match hub.client.append(request(n)).await {
+            Ok(_) => acked.push(n),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                if status.message().contains("may or may not be stored") {
+                    unknown.push(n);
+                } else {
+                    assert!(status.message().contains("not stored"), "{status:?}");
+                    refused.push(n);
+                }
+                if refused.len() + unknown.len() >= 8 {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(
+        !refused.is_empty() || !unknown.is_empty(),
+        "no append failed under a 3 MiB file size limit"
+    );
+    // Room again: the same process appends.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    let pid = hub.child.id().unwrap() as libc::pid_t;
+    // SAFETY: a plain system call on our child's limits.
+    assert_eq!(
+        unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &unlimited, std::ptr::null_mut()) },
+        0
+    );
+    for n in 100..105 {
+        hub.client.append(request(n)).await.unwrap();
+        acked.push(n);
+    }
+
+    let check = |stored: &[eventhub::proto::Event]| {
+        let mut by_append: BTreeMap<usize, Vec<&eventhub::proto::Event>> = BTreeMap::new();
+        for e in stored {
+            let n = e.event_id[1..e.event_id.find('e').unwrap()]
+                .parse()
+                .unwrap();
+            by_append.entry(n).or_default().push(e);
+        }
+        for n in &acked {
+            let events = by_append.get(n).map_or(&[][..], Vec::as_slice);
+            assert_eq!(events.len(), 100, "acknowledged append {n} is stored whole");
+        }
+        for n in &refused {
+            assert!(
+                !by_append.contains_key(n),
+                "append {n} was said not to be stored"
+            );
+        }
+        for (n, events) in &by_append {
+            assert!(
+                acked.contains(n) || unknown.contains(n),
+                "append {n} came from nowhere"
+            );
+            let txns: HashSet<u64> = events.iter().map(|e| e.transaction_id).collect();
+            assert_eq!(
+                (txns.len(), events.len()),
+                (1, 100),
+                "append {n} is one whole transaction"
+            );
+            for e in events {
+                let i: usize = e.event_id[e.event_id.find('e').unwrap() + 1..]
+                    .parse()
+                    .unwrap();
+                assert_eq!(e.payload, payload(*n, i).into_bytes());
+            }
+        }
+    };
+    let read = |mut client: Client| async move {
+        let mut stored = Vec::new();
+        for p in 0..4 {
+            let (events, _) = read_all(&mut client, "full", p, "_first").await;
+            let seqs: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+            assert_eq!(
+                seqs,
+                (1..=events.len() as u64).collect::<Vec<_>>(),
+                "gapless"
+            );
+            stored.extend(events);
+        }
+        stored
+    };
+    check(&read(hub.client.clone()).await);
+    hub.child.start_kill().unwrap();
+    hub.child.wait().await.unwrap();
+    let hub = spawn_process(&db, 4).await;
+    check(&read(hub.client.clone()).await);
+}

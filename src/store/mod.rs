@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::error::{HubError, Result};
 use crate::validate::{Content, NewEvent, TopicName};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -116,6 +116,11 @@ pub struct TopicState {
     /// its notification came before the writer published the commit
     /// itself (see [`TopicState::defer_own`]).
     deferred: Mutex<Option<Heads>>,
+    /// Set when this process's writer does not know whether its last
+    /// commit to the topic happened: its next transaction reads the topic's
+    /// last transaction and heads from the database, even where the writer
+    /// is the database's only writer.
+    unsure: AtomicBool,
 }
 
 /// A last transaction and the `(partition, head)` pairs it brought.
@@ -584,6 +589,7 @@ impl TopicState {
             tails: (0..partition_count).map(|_| Mutex::default()).collect(),
             invalidations_checked: AtomicU64::new(0),
             deferred: Mutex::default(),
+            unsure: AtomicBool::new(false),
         }
     }
 
@@ -678,6 +684,7 @@ impl TopicState {
     /// commit happened: the commit is no longer its own, and if its
     /// notification came meanwhile (so it did happen), the heads move.
     pub(crate) fn give_up(&self) {
+        self.unsure.store(true, Ordering::Release);
         let deferred = {
             let mut deferred = self.deferred.lock().unwrap();
             self.committing(0);
@@ -687,6 +694,12 @@ impl TopicState {
         if let Some((last, heads)) = deferred {
             self.advance(last, heads);
         }
+    }
+
+    /// Whether a commit of this process's writer may have happened without
+    /// the registry knowing (see [`TopicState::give_up`]); clears the mark.
+    pub(crate) fn take_unsure(&self) -> bool {
+        self.unsure.swap(false, Ordering::AcqRel)
     }
 
     /// Drops every partition's tail (the next reads go to the database).

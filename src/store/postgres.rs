@@ -59,6 +59,11 @@ mod dialect {
         "SELECT last_transaction_id FROM topics WHERE topic_id = $1 FOR UPDATE";
     /// Other hub processes may write the same database.
     pub const SOLE_WRITER: bool = false;
+    /// A failed COMMIT that PostgreSQL answered did not commit; a lost
+    /// connection is looked into instead (`Writer::committed_anyway`).
+    pub fn synced_nothing(_: &crate::error::HubError) -> bool {
+        true
+    }
 }
 
 /// How long a call waits for a database connection before it fails with

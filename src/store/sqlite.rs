@@ -41,6 +41,17 @@ mod dialect {
     /// The writer task is the file's only writer: what it committed and
     /// published is all there is.
     pub const SOLE_WRITER: bool = true;
+    /// False when a failed COMMIT may have stored the transaction all the
+    /// same: SQLite wrote it to the WAL and then failed to fsync it
+    /// (`SQLITE_IOERR_FSYNC`, `SQLITE_IOERR_DIR_FSYNC`). This process no
+    /// longer sees it and writes over it, but after a crash the frames may
+    /// be recovered.
+    pub fn synced_nothing(error: &crate::error::HubError) -> bool {
+        let crate::error::HubError::Storage(sqlx::Error::Database(db)) = error else {
+            return true;
+        };
+        !matches!(db.code().as_deref(), Some("1034" | "1290"))
+    }
 }
 
 /// Opens (creating if needed) the database file, runs migrations, loads the

@@ -313,16 +313,27 @@ pub struct HubProcess {
 /// Starts `eventhub serve` on a free port with the given database and
 /// default partition count, and connects to it.
 pub async fn spawn_process(database_url: &str, partitions: u32) -> HubProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eventhub"))
+    spawn_command(serve_command(database_url, partitions)).await
+}
+
+/// `eventhub serve` on a free port with the given database and default
+/// partition count, to be started by [`spawn_command`].
+pub fn serve_command(database_url: &str, partitions: u32) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventhub"));
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--default-partitions"])
         .arg(partitions.to_string())
         .arg("--database")
         .arg(database_url)
         .env("EVENTHUB_LOG", "warn")
         .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    command
+}
+
+/// Starts a [`serve_command`] and connects to the hub once it listens.
+pub async fn spawn_command(mut command: Command) -> HubProcess {
+    let mut child = command.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)

@@ -266,13 +266,14 @@ fn lost_connection(error: &HubError) -> bool {
     error.is_unavailable() && !matches!(error, HubError::Storage(sqlx::Error::Database(_)))
 }
 
-/// The answer to an append whose connection was lost while it committed,
-/// when nothing says whether the commit happened.
+/// The answer to an append whose commit failed in a way that leaves it
+/// unknown whether it happened (its connection was lost meanwhile, or
+/// SQLite could not fsync it).
 fn maybe_stored(cause: &dyn std::fmt::Display) -> HubError {
     HubError::MaybeStored(format!(
-        "the hub's database is unavailable ({cause}); the connection was lost while the append \
-         was being committed, so it may or may not be stored. Read it back before appending it \
-         again, or retry with the same event ids (always safe)"
+        "the hub's database is unavailable ({cause}); this happened while the append was being \
+         committed, so it may or may not be stored. Read it back before appending it again, or \
+         retry with the same event ids (always safe)"
     ))
 }
 
@@ -386,9 +387,12 @@ impl TopicDraft {
     ) -> Result<Self> {
         let registry_heads =
             |state: &TopicState| (0..meta.partition_count).map(|p| state.head(p)).collect();
+        // After a commit whose outcome the writer does not know, the
+        // database says where the topic is.
+        let unsure = meta.known.as_ref().is_some_and(|s| s.take_unsure());
         let (last_txn, heads) = match &meta.known {
             // The sole writer published everything it committed.
-            Some(state) if dialect::SOLE_WRITER => {
+            Some(state) if dialect::SOLE_WRITER && !unsure => {
                 let last_txn = state.last_transaction();
                 cache.check(meta.id, last_txn);
                 (last_txn, registry_heads(state))
@@ -407,7 +411,7 @@ impl TopicDraft {
                     // another process's commit, leaves it current too,
                     // while the heads of that commit may not have reached
                     // the registry yet.)
-                    Some(state) if current && state.local_transaction() == last_txn => {
+                    Some(state) if !unsure && current && state.local_transaction() == last_txn => {
                         (last_txn, registry_heads(state))
                     }
                     _ => {
@@ -425,6 +429,13 @@ impl TopicDraft {
                         let mut heads = vec![0u64; meta.partition_count as usize];
                         for (p, h) in rows {
                             heads[p as usize] = h as u64;
+                        }
+                        if let Some(state) = known {
+                            // What is committed may be read.
+                            state.advance(
+                                last_txn,
+                                (0..meta.partition_count).zip(heads.iter().copied()),
+                            );
                         }
                         (last_txn, heads)
                     }
@@ -988,6 +999,9 @@ impl Writer {
                 } => {
                     let r = loop {
                         let r = self.prepare().create_topic(&topic, partitions).await;
+                        if r.is_err() {
+                            self.discard_conn();
+                        }
                         if !self.retry_begin(&r) {
                             break r;
                         }
@@ -1005,6 +1019,9 @@ impl Writer {
                             .prepare()
                             .invalidate(&topic, transaction_id, &reason)
                             .await;
+                        if r.is_err() {
+                            self.discard_conn();
+                        }
                         if !self.retry_begin(&r) {
                             break r;
                         }
@@ -1018,6 +1035,18 @@ impl Writer {
             if let Some(wrote) = &self.wrote {
                 wrote.send_replace(());
             }
+        }
+    }
+
+    /// After a write failed: closes the kept connection rather than
+    /// returning it to the pool, since nothing says what state its
+    /// transaction is in. (On SQLite, COMMIT failing with an I/O error may
+    /// leave the transaction open while sqlx counts it as ended, or the
+    /// reverse; the next transaction's COMMIT then only released a
+    /// savepoint, and a later ROLLBACK undid an acknowledged append.)
+    fn discard_conn(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.close_on_drop();
         }
     }
 
@@ -1058,11 +1087,14 @@ impl Writer {
         mut drafts: impl Iterator<Item = &'d TopicDraft>,
         now: i64,
     ) -> Result<bool> {
+        if !dialect::synced_nothing(error) {
+            return Err(maybe_stored(error));
+        }
         if !lost_connection(error) {
             return Ok(false);
         }
         // The connection is not to be trusted any more.
-        self.conn = None;
+        self.discard_conn();
         // A transaction is all or nothing: its first event tells.
         let Some((topic_id, first)) = drafts.find_map(|d| Some((d.id, d.rows.first()?))) else {
             return Ok(false);
@@ -1130,6 +1162,9 @@ impl Writer {
     async fn append_batch(&mut self, batch: Vec<AppendReq>) {
         let result = loop {
             let r = self.prepare().try_append_batch(&batch).await;
+            if r.is_err() {
+                self.discard_conn();
+            }
             if !self.retry_begin(&r) {
                 break r;
             }
@@ -1150,7 +1185,11 @@ impl Writer {
                 for req in batch {
                     let r = match self.try_append_batch(std::slice::from_ref(&req)).await {
                         Ok(mut r) => r.remove(0),
-                        Err(e) => Err(HubError::not_stored(&e)),
+                        Err(e) => {
+                            self.discard_conn();
+                            self.key_cache.clear();
+                            Err(HubError::not_stored(&e))
+                        }
                     };
                     let _ = req.reply.send(r);
                 }
