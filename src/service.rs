@@ -646,14 +646,28 @@ impl EventHubService for Hub {
             .store
             .list_topics(&req.name_prefix, &req.after_name, limit + 1)
             .await?;
-        let next_after_name = if topics.len() > limit {
-            topics.truncate(limit);
-            topics.last().map(|t| t.name.clone()).unwrap_or_default()
+        let more = topics.len() > limit;
+        topics.truncate(limit);
+        // A page also ends before it passes PAGE_BYTES encoded (a topic of
+        // 1,024 partitions takes 20–40 KB): clients refuse messages
+        // over 4 MiB by default.
+        let mut infos = Vec::with_capacity(topics.len());
+        let mut bytes = 0;
+        for t in &topics {
+            let info = topic_info(t);
+            bytes += prost::Message::encoded_len(&info) + 4;
+            if bytes > PAGE_BYTES && !infos.is_empty() {
+                break;
+            }
+            infos.push(info);
+        }
+        let next_after_name = if more || infos.len() < topics.len() {
+            infos.last().map(|t| t.name.clone()).unwrap_or_default()
         } else {
             String::new()
         };
         Ok(Response::new(proto::ListTopicsResponse {
-            topics: topics.iter().map(|t| topic_info(t)).collect(),
+            topics: infos,
             next_after_name,
         }))
     }

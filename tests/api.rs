@@ -1528,3 +1528,48 @@ async fn pages_of_large_events_are_cut_by_size() {
         pages.len()
     );
 }
+
+/// A ListTopics page of many topics of 1,024 partitions ends before it
+/// passes gRPC's default 4 MiB message limit, and says where to go on.
+#[tokio::test]
+async fn list_topics_pages_fit_a_message() {
+    let hub = spawn_hub().await;
+    let mut client = hub.client();
+    let names: Vec<String> = (0..160).map(|i| format!("wide-{i:03}")).collect();
+    for name in &names {
+        client
+            .create_topic(proto::CreateTopicRequest {
+                name: name.clone(),
+                partition_count: 1024,
+            })
+            .await
+            .unwrap();
+    }
+    let (mut listed, mut after, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = client
+            .list_topics(proto::ListTopicsRequest {
+                name_prefix: "wide-".into(),
+                after_name: after.clone(),
+                limit: 1000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(prost::Message::encoded_len(&page) <= 4 << 20);
+        assert!(!page.topics.is_empty());
+        assert!(page.topics.iter().all(|t| t.partitions.len() == 1024));
+        listed.extend(page.topics.iter().map(|t| t.name.clone()));
+        pages += 1;
+        if page.next_after_name.is_empty() {
+            break;
+        }
+        assert_eq!(&page.next_after_name, listed.last().unwrap());
+        after = page.next_after_name;
+    }
+    assert_eq!(listed, names);
+    assert!(
+        pages > 1,
+        "160 topics of 1,024 partitions need more than one page"
+    );
+}

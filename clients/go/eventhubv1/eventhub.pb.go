@@ -1822,7 +1822,9 @@ type ListTopicsRequest struct {
 	// Only topics sorted after this name (pass `next_after_name`).
 	AfterName string `protobuf:"bytes,2,opt,name=after_name,json=afterName,proto3" json:"after_name,omitempty"`
 	// Most topics returned; 0 means 100, and values over 1,000 are capped at
-	// 1,000.
+	// 1,000. A page also ends early rather than pass 3 MiB (a topic of 1,024
+	// partitions takes 20–40 KB), so that it fits gRPC clients' default
+	// 4 MiB message limit; `next_after_name` then says where to go on.
 	Limit         uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
