@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-/// Limits the hub enforces on requests. Each is configurable from the
-/// command line; the defaults are documented in the proto.
+/// Limits the hub enforces on requests. Those of requests are configurable
+/// from the command line; the defaults are documented in the proto.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest single event: key + type + content type + event id + headers + payload.
@@ -18,6 +18,10 @@ pub struct Limits {
     pub max_wait: Duration,
     /// Default heartbeat interval of a followed stream.
     pub default_heartbeat: Duration,
+    /// Most sequences a read with a types filter scans at once. A rare
+    /// type over a long backlog is found stretch by stretch, and a stretch
+    /// with none of it ends with an empty page carrying the cursor.
+    pub filtered_scan: u64,
 }
 
 impl Default for Limits {
@@ -29,6 +33,7 @@ impl Default for Limits {
             max_page_events: 10_000,
             max_wait: Duration::from_secs(300),
             default_heartbeat: Duration::from_secs(5),
+            filtered_scan: 100_000,
         }
     }
 }

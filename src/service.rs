@@ -275,13 +275,18 @@ impl Hub {
         loop {
             let head = *heads.borrow_and_update();
             if head > pos {
+                let upto = if a.types.is_empty() {
+                    head
+                } else {
+                    head.min(pos.saturating_add(self.limits.filtered_scan))
+                };
                 let read = self
                     .store
                     .read_page(
                         &a.topic,
                         a.partition,
                         pos,
-                        head,
+                        upto,
                         read_size(a.page),
                         &a.types,
                     )
@@ -296,7 +301,23 @@ impl Hub {
                         _ => read.scanned,
                     };
                     let caught_up = pos >= a.topic.head(a.partition);
-                    if events.is_empty() && !caught_up {
+                    if events.is_empty() {
+                        // The read skipped events of other types only (a
+                        // filter is the only way a read finds none). A
+                        // stretch cut at `filtered_scan` ends with a page
+                        // saying where the scan got to; otherwise that
+                        // goes with the next page or heartbeat, and a
+                        // long-poll answers once its wait is over.
+                        let answer = !a.follow && caught_up && Instant::now() >= wait_until;
+                        if answer || upto < head {
+                            if tx.send(Ok(page(events, pos, caught_up))).await.is_err() {
+                                return Ok(());
+                            }
+                            last_sent = Instant::now();
+                            if answer {
+                                return Ok(());
+                            }
+                        }
                         break;
                     }
                     if tx.send(Ok(page(events, pos, caught_up))).await.is_err() {

@@ -1573,3 +1573,89 @@ async fn list_topics_pages_fit_a_message() {
         "160 topics of 1,024 partitions need more than one page"
     );
 }
+
+/// A filtered long-poll, or follower, waits for an event of its types:
+/// commits of other types neither end the wait nor send a page; the page
+/// that comes carries the cursor past everything skipped.
+#[tokio::test]
+async fn a_filtered_wait_is_for_its_types() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
+    hub.append("lp", vec![ev("k", "B", "0")]).await;
+    for follow in [false, true] {
+        let (_, head) = hub.read_all("lp", 0, "_first").await;
+        let mut stream = hub
+            .client()
+            .read_partition(ReadPartitionRequest {
+                topic: "lp".into(),
+                cursor: head.clone(),
+                wait_ms: 60_000,
+                follow,
+                heartbeat_ms: 60_000,
+                types: vec!["A".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        hub.append("lp", vec![ev("k", "B", "1")]).await;
+        hub.append("lp", vec![ev("k", "B", "2"), ev("k", "B", "3")])
+            .await;
+        let a = hub
+            .append("lp", vec![ev("k", "B", "4"), ev("k", "A", "5")])
+            .await;
+        let page = stream.next().await.unwrap().unwrap();
+        assert_eq!(
+            page.events
+                .iter()
+                .map(|e| e.payload.clone())
+                .collect::<Vec<_>>(),
+            vec![b"5".to_vec()],
+            "follow: {follow}"
+        );
+        assert_eq!(page.cursor, a.results[1].cursor);
+        if !follow {
+            assert!(stream.next().await.is_none(), "a long-poll answers once");
+        }
+    }
+}
+
+/// A filtered read over a long stretch of other types scans it
+/// `filtered_scan` sequences at a time, each stretch without a match ending
+/// with an empty page that carries the cursor.
+#[tokio::test]
+async fn a_filtered_read_reports_progress_over_skipped_stretches() {
+    let hub = spawn_hub_with(|c| {
+        c.default_partitions = 1;
+        c.limits.filtered_scan = 10;
+    })
+    .await;
+    let mut events: Vec<_> = (1..=35).map(|i| ev("k", "B", &i.to_string())).collect();
+    events.push(ev("k", "A", "36"));
+    events.extend((37..=41).map(|i| ev("k", "B", &i.to_string())));
+    hub.append("scan", events).await;
+    let pages = read_pages(&mut hub.client(), "scan", 0, 100, &["A"]).await;
+    let seq = |cursor: &str| match eventhub::cursor::decode("scan", 0, cursor) {
+        Ok(Start::After(s)) => s,
+        other => panic!("cursor {cursor:?}: {other:?}"),
+    };
+    let seen: Vec<(Vec<u64>, u64, bool)> = pages
+        .iter()
+        .map(|p| {
+            (
+                p.events.iter().map(|e| e.sequence).collect(),
+                seq(&p.cursor),
+                p.caught_up,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (vec![], 10, false),
+            (vec![], 20, false),
+            (vec![], 30, false),
+            (vec![36], 40, false),
+            (vec![], 41, true),
+        ]
+    );
+}

@@ -669,7 +669,11 @@ impl TopicState {
     pub(crate) fn defer_own(&self, last: u64, heads: Vec<(u32, u64)>) -> bool {
         let mut deferred = self.deferred.lock().unwrap();
         if last > self.last_transaction() && last == self.local_transaction() {
-            *deferred = Some((last, heads));
+            match deferred.as_mut() {
+                // A commit of many partitions is notified in several parts.
+                Some((kept, kept_heads)) if *kept == last => kept_heads.extend(heads),
+                _ => *deferred = Some((last, heads)),
+            }
             return true;
         }
         false
@@ -745,5 +749,24 @@ impl TopicState {
             invalidated: HashSet::new(),
             scanned,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TopicState;
+
+    /// A commit of 400 partitions is notified in two parts; both arrive
+    /// before its writer gives the commit up, and every head moves.
+    #[test]
+    fn a_deferred_commit_keeps_every_part_of_its_notification() {
+        let state = TopicState::new(1, "t".into(), 400, 0);
+        state.committing(1);
+        assert!(state.defer_own(1, (0..200).map(|p| (p, 1)).collect()));
+        assert!(state.defer_own(1, (200..400).map(|p| (p, 1)).collect()));
+        assert_eq!(state.head(399), 0, "deferred, not yet published");
+        state.give_up();
+        assert!((0..400).all(|p| state.head(p) == 1));
+        assert_eq!(state.last_transaction(), 1);
     }
 }

@@ -209,10 +209,10 @@ type AppendEvent struct {
 	// with `$`.
 	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
 	// The payload's media type, e.g. `application/json`. Optional, up to 200
-	// characters.
+	// printable ASCII characters (space to `~`).
 	ContentType string `protobuf:"bytes,3,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	// String pairs carried with the event (trace ids and the like). Names are
-	// 1–200 characters; names and values count towards the event size.
+	// 1–200 bytes of UTF-8; names and values count towards the event size.
 	Headers map[string]string `protobuf:"bytes,4,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Opaque bytes.
 	Payload []byte `protobuf:"bytes,5,opt,name=payload,proto3" json:"payload,omitempty"`
@@ -806,9 +806,12 @@ type ReadPartitionRequest struct {
 	WaitMs uint32 `protobuf:"varint,5,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
 	// Keep the stream open and push events as they commit.
 	Follow bool `protobuf:"varint,6,opt,name=follow,proto3" json:"follow,omitempty"`
-	// When not empty, only events of these types are sent. Skipped events
-	// still advance the page cursors, so a filtered reader never re-reads
-	// what it skipped. Invalidation markers are sent only when
+	// When not empty, only events of these types are sent (at most 1,000
+	// types). Skipped events still advance the page cursors, so a filtered
+	// reader never re-reads what it skipped; a long backlog is scanned
+	// 100,000 sequences at a time, and a stretch with none of these types
+	// ends with an empty page carrying the cursor. A long-poll waits for an
+	// event of these types, not for any commit. Invalidation markers are sent only when
 	// `$invalidation` is listed.
 	Types []string `protobuf:"bytes,7,rep,name=types,proto3" json:"types,omitempty"`
 	// With `follow`: the longest time between two pages; an empty heartbeat
@@ -909,7 +912,8 @@ func (x *ReadPartitionRequest) GetHeartbeatMs() uint32 {
 type ReadPartitionResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The events of the page, in sequence order. Empty for a long-poll that
-	// timed out and for heartbeats.
+	// timed out, for heartbeats, and for a filtered read's progress over
+	// events of other types.
 	Events []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
 	// The cursor after this page: store it (with your effects) to continue
 	// from here.
