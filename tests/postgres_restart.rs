@@ -120,4 +120,17 @@ async fn postgres_restart_under_a_running_hub() {
         after.results[0].sequence, 2,
         "the refused append stored nothing"
     );
+
+    // Restarted while the hub is idle: the server ended the writer's kept
+    // session, and the next append runs on a new one instead of failing.
+    ctl("stop");
+    ctl("start");
+    let again = append(&mut client, "r", vec![ev("k", "T", "idle restart")]).await;
+    assert_eq!(again.results[0].sequence, 3);
+    let page = tokio::time::timeout(Duration::from_secs(30), follower.next())
+        .await
+        .expect("the follower was not woken after the second restart")
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.events[0].payload, b"idle restart");
 }

@@ -266,6 +266,16 @@ fn lost_connection(error: &HubError) -> bool {
     error.is_unavailable() && !matches!(error, HubError::Storage(sqlx::Error::Database(_)))
 }
 
+/// Whether PostgreSQL answered that it ended the session (shutting down,
+/// restarting after a crash, or an idle session timing out): the backend
+/// is gone, so nothing it had not committed will be.
+fn session_ended(error: &HubError) -> bool {
+    let HubError::Storage(sqlx::Error::Database(db)) = error else {
+        return false;
+    };
+    matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P05"))
+}
+
 /// The answer to an append whose commit failed in a way that leaves it
 /// unknown whether it happened (its connection was lost meanwhile, or
 /// SQLite could not fsync it).
@@ -1057,17 +1067,19 @@ impl Writer {
         self
     }
 
-    /// After a request: whether it failed at BEGIN on a connection kept
-    /// from an earlier transaction, which the database dropped since (it
-    /// restarted, say). Nothing was sent, so the request may run again on a
-    /// new connection; that one is not kept from before, so this happens
-    /// at most once. A connection that saw the database unavailable is
-    /// never kept.
+    /// After a request: whether it failed on a connection kept from an
+    /// earlier transaction, which the database dropped since (it
+    /// restarted, say), either at BEGIN or with the database's word that
+    /// it had ended the session (the write then did not happen:
+    /// `committed_anyway` looked). The request may run again on a new
+    /// connection; that one is not kept from before, so this happens at
+    /// most once. A connection that saw the database unavailable is never
+    /// kept.
     fn retry_begin<T>(&mut self, result: &Result<T>) -> bool {
         match result {
             Err(e) if e.is_unavailable() => {
                 self.conn = None;
-                self.kept && !self.began
+                self.kept && (!self.began || session_ended(e))
             }
             _ => false,
         }
@@ -1090,7 +1102,7 @@ impl Writer {
         if !dialect::synced_nothing(error) {
             return Err(maybe_stored(error));
         }
-        if !lost_connection(error) {
+        if !lost_connection(error) && !session_ended(error) {
             return Ok(false);
         }
         // The connection is not to be trusted any more.
