@@ -53,6 +53,12 @@ pub struct Config {
     /// client that stopped reading never ends by itself) before closing
     /// their connections.
     pub shutdown_grace: Duration,
+    /// HTTP/2 keepalive: how often the hub pings a connection it hears
+    /// nothing from, and how long it waits for the answer before closing
+    /// it, so that the streams of a client that vanished without closing
+    /// its connection (a dropped NAT entry, a dead machine) end.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
     pub limits: Limits,
 }
 
@@ -72,6 +78,8 @@ impl Config {
             auto_create_topics: true,
             sqlite_synchronous: SqliteSync::Full,
             shutdown_grace: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
             limits: Limits::default(),
         }
     }

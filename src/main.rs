@@ -121,6 +121,7 @@ fn main() -> anyhow::Result<()> {
             max_wait: Duration::from_millis(args.max_wait_ms),
             ..Limits::default()
         },
+        ..Config::new("")
     };
     tokio::runtime::Runtime::new()?.block_on(async move {
         let listener = TcpListener::bind(&args.listen)

@@ -44,6 +44,8 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr()?, database = %config.database_url, "eventhub serving");
     let mut stopping = stop_tx.subscribe();
     let serve = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)

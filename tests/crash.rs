@@ -389,3 +389,89 @@ async fn a_full_disk_loses_nothing_acknowledged() {
     let hub = spawn_process(&db, 4).await;
     check(&read(hub.client.clone()).await);
 }
+
+/// A client that vanishes without closing its connection (its packets
+/// stop, nothing is reset) does not hold its streams open for ever: the hub
+/// pings the silent connection and closes it when no answer comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_client_is_let_go() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    let hub = spawn_hub_with(|c| {
+        c.keepalive_interval = std::time::Duration::from_millis(500);
+        c.keepalive_timeout = std::time::Duration::from_millis(500);
+    })
+    .await;
+    hub.append("gone", vec![ev("k", "T", "x")]).await;
+
+    // A proxy between a client and the hub that, once `cut` is set, stops
+    // passing bytes either way but keeps both sockets open. It says when
+    // the hub closes its side.
+    let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let (cut_tx, cut) = tokio::sync::watch::channel(false);
+    let (closed_tx, closed) = tokio::sync::oneshot::channel::<()>();
+    let hub_addr = hub.addr;
+    let relay = tokio::spawn(async move {
+        let (client_side, _) = proxy.accept().await.unwrap();
+        let hub_side = TcpStream::connect(hub_addr).await.unwrap();
+        let (mut from_client, mut to_client) = client_side.into_split();
+        let (mut from_hub, mut to_hub) = hub_side.into_split();
+        let up_cut = cut.clone();
+        let up = tokio::spawn(async move {
+            let mut buf = vec![0; 16 << 10];
+            loop {
+                match from_client.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) if !*up_cut.borrow() => {
+                        if to_hub.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                }
+            }
+            std::future::pending::<()>().await;
+            drop((from_client, to_hub));
+        });
+        let mut buf = vec![0; 16 << 10];
+        loop {
+            match from_hub.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) if !*cut.borrow() => {
+                    if to_client.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+        let _ = closed_tx.send(());
+        // Hold the client's side open: it is the hub that let go.
+        std::future::pending::<()>().await;
+        drop((up, to_client));
+    });
+
+    let mut client = connect(proxy_addr).await;
+    let mut stream = client
+        .read_partition(eventhub::proto::ReadPartitionRequest {
+            topic: "gone".into(),
+            partition: partition_of("k", 4),
+            cursor: "_first".into(),
+            follow: true,
+            heartbeat_ms: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.events.len(), 1);
+    cut_tx.send(true).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), closed)
+        .await
+        .expect("the hub closed the silent connection")
+        .unwrap();
+    relay.abort();
+    hub.stop().await;
+}
