@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -40,13 +41,32 @@ type Client struct {
 // connection is plaintext unless opts set transport credentials. While the
 // hub is unreachable, gRPC tries to reconnect at least every 5 seconds
 // (its own default backs off up to 2 minutes, which would keep a consumer
-// waiting that long after the hub is back); opts can change that too.
+// waiting that long after the hub is back).
+//
+// While a call is open, gRPC also pings the hub (an HTTP/2 ping) when
+// nothing has arrived on the connection for 20 seconds, and closes the
+// connection when no answer comes within 10 seconds. A connection that
+// died silently (the hub's host vanished, a NAT or load balancer dropped
+// it) is then closed within about half a minute, and the calls on it fail
+// UNAVAILABLE: a retried read, such as the follow stream that a Consumer
+// reopens after three silent heartbeat intervals, gets a new connection
+// instead of waiting on the dead one until the operating system gives up
+// on it, which takes many minutes. A follow read receives a heartbeat at
+// least every 5 seconds by default, so a live connection is rarely pinged;
+// an idle one (no call open) is not pinged at all. On Linux, gRPC also sets
+// TCP_USER_TIMEOUT to the ping timeout, so data the peer does not
+// acknowledge for 10 seconds closes the connection too.
+//
+// opts come after these defaults and override them: pass
+// grpc.WithKeepaliveParams to change the pings (gRPC raises a Time below
+// 10 seconds to 10 seconds).
 func Dial(target string, opts ...grpc.DialOption) (*Client, error) {
 	reconnect := backoff.DefaultConfig
 	reconnect.MaxDelay = 5 * time.Second
 	opts = append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnect, MinConnectTimeout: 20 * time.Second}),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}),
 	}, opts...)
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
