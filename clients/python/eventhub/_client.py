@@ -117,19 +117,59 @@ class Client:
         retry: RetryPolicy = DEFAULT_RETRY,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        if channel is None:
-            if credentials is None:
-                channel = grpc.insecure_channel(target, options=options)
-            else:
-                channel = grpc.secure_channel(target, credentials, options=options)
-        self._channel = channel
-        self._stub = pb_grpc.EventHubServiceStub(channel)  # type: ignore[no-untyped-call]
+        self._target, self._credentials, self._options = target, credentials, tuple(options)
+        self._owns_channel = channel is None
+        self._channel = channel if channel is not None else self._open_channel()
+        self._stub = pb_grpc.EventHubServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._retired: list[grpc.Channel] = []
+        self._channel_lock = threading.Lock()
         self._metadata = tuple(metadata)
         self._timeout = timeout
         self._retry = retry
 
+    def _open_channel(self) -> grpc.Channel:
+        # A channel of its own connections: gRPC otherwise shares them
+        # between channels to the same target, and a renewed channel
+        # (_renew_channel) would get the old connection back.
+        options = (("grpc.use_local_subchannel_pool", 1), *self._options)
+        if self._credentials is None:
+            return grpc.insecure_channel(self._target, options=options)
+        return grpc.secure_channel(self._target, self._credentials, options=options)
+
+    def _current_channel(self) -> grpc.Channel:
+        return self._channel
+
+    def _renew_channel(self, suspect: grpc.Channel) -> bool:
+        """Gives the client a new channel, so new calls go over a new
+        connection, if it opened its channel itself and that is still
+        ``suspect`` (another caller may have renewed it already). The calls
+        still open on the old channel go on; it is closed at the next
+        renewal, or with the client. Returns whether the client's channel is
+        now other than ``suspect``.
+
+        gRPC reuses a connection until it learns that the connection is
+        dead; one whose peer vanished without a word (a dropped NAT entry, a
+        dead machine) can take the operating system many minutes to give up
+        on, and every call made meanwhile stalls on it.
+        """
+        if not self._owns_channel:
+            return False
+        with self._channel_lock:
+            if self._channel is not suspect:
+                return True
+            for old in self._retired:
+                old.close()
+            self._retired = [self._channel]
+            self._channel = self._open_channel()
+            self._stub = pb_grpc.EventHubServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        return True
+
     def close(self) -> None:
-        self._channel.close()
+        with self._channel_lock:
+            for old in self._retired:
+                old.close()
+            self._retired = []
+            self._channel.close()
 
     def __enter__(self) -> Client:
         return self

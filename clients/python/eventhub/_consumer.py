@@ -227,6 +227,7 @@ class Consumer(Generic[Tx]):
         failures = 0
         try:
             while True:
+                channel = self.client._current_channel()
                 stream = self.client.read_partition(
                     self.topic,
                     reader.partition,
@@ -256,7 +257,12 @@ class Consumer(Generic[Tx]):
                     error = e
                 else:
                     if reader.silent:
-                        error = Unavailable(f"no page or heartbeat for {self._silence():g}s")
+                        message = f"no page or heartbeat for {self._silence():g}s"
+                        # The connection may be dead without gRPC knowing:
+                        # read again over a new one.
+                        if self.client._renew_channel(channel):
+                            message += "; reading again over a new connection"
+                        error = Unavailable(message)
                     elif until_caught_up and caught_up:
                         return
                     else:  # ended early: the hub is shutting down, say

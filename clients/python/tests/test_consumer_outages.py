@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -248,3 +249,93 @@ def test_silent_follow_stream_is_read_again(
     assert running.error is None
     assert_exactly_once(db, 20)
     assert logged(log, "reading again") >= 1  # a page came on a stream opened after the silence
+
+
+class Blackhole:
+    """A TCP proxy to the hub. ``cut()`` makes the connections open at that moment stop passing
+    bytes either way while staying open, as when a peer vanishes or a NAT entry is dropped:
+    nothing is closed or reset. Connections accepted later are passed through."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.target = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.accepted = 0
+        self._lock = threading.Lock()
+        self._cuts: list[threading.Event] = []
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+                upstream = socket.create_connection(self.upstream)
+            except OSError:
+                return
+            cut = threading.Event()
+            with self._lock:
+                self.accepted += 1
+                self._cuts.append(cut)
+                self._sockets += [downstream, upstream]
+            for src, dst in ((downstream, upstream), (upstream, downstream)):
+                threading.Thread(target=self._pump, args=(src, dst, cut), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, cut: threading.Event) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+                if not data:
+                    if not cut.is_set():
+                        dst.shutdown(socket.SHUT_WR)
+                    return
+                if not cut.is_set():
+                    dst.sendall(data)
+            except OSError:
+                return
+
+    def cut(self) -> None:
+        with self._lock:
+            for cut in self._cuts:
+                cut.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        with self._lock:
+            for s in self._sockets:
+                s.close()
+
+
+def test_consumer_gets_past_a_vanished_connection(
+    own_hub: RestartableHub, tmp_path: Path, log: pytest.LogCaptureFixture
+) -> None:
+    """The connection to the hub goes silent without being closed (a proxy stops passing bytes,
+    as when a NAT entry is dropped). The consumer's streams fall silent, and it reads again over
+    a new connection of its client's own; what comes next is applied exactly once."""
+    proxy = Blackhole(own_hub.target)
+    try:
+        with eventhub.Client(proxy.target) as client, eventhub.Client(own_hub.target) as direct:
+            direct.create_topic(TOPIC, 2)
+            db = projection(tmp_path / "p.db")
+            consumer = eventhub.Consumer(
+                client, TOPIC, "test", eventhub.SqliteCursorStore(db), record, heartbeat=0.2, retry=FAST_FOREVER
+            )
+            running = Running(consumer)
+            try:
+                append(direct, TOPIC, 0, 10)
+                seen = counter(tmp_path / "p.db")
+                wait_for(lambda: count(seen) == 10, what="10 applied events")
+                assert proxy.accepted == 1
+                proxy.cut()
+                append(direct, TOPIC, 10, 10)
+                wait_for(lambda: count(seen) == 20, timeout=60, what="20 applied events after the cut")
+                assert proxy.accepted == 2, "one new connection, after the cut"
+            finally:
+                running.stop()
+        assert running.error is None
+        assert_exactly_once(db, 20)
+        assert logged(log, "reading again over a new connection") >= 1
+    finally:
+        proxy.close()
