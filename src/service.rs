@@ -306,10 +306,13 @@ impl Hub {
                         // filter is the only way a read finds none). A
                         // stretch cut at `filtered_scan` ends with a page
                         // saying where the scan got to; otherwise that
-                        // goes with the next page or heartbeat, and a
-                        // long-poll answers once its wait is over.
+                        // goes with the next page or heartbeat (due here
+                        // too: under a steady run of commits of other
+                        // types the loop may never wait), and a long-poll
+                        // answers once its wait is over.
                         let answer = !a.follow && caught_up && Instant::now() >= wait_until;
-                        if answer || upto < head {
+                        let heartbeat = a.follow && last_sent.elapsed() >= a.heartbeat;
+                        if answer || heartbeat || upto < head {
                             if tx.send(Ok(page(events, pos, caught_up))).await.is_err() {
                                 return Ok(());
                             }

@@ -1659,3 +1659,51 @@ async fn a_filtered_read_reports_progress_over_skipped_stretches() {
         ]
     );
 }
+
+/// A filtered follower of a partition busy with events of other types
+/// still hears from the hub at least every heartbeat interval, with a
+/// cursor that moves past what it skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_follower_hears_heartbeats_through_other_traffic() {
+    let hub = spawn_hub_with(|c| c.default_partitions = 1).await;
+    hub.append("busy", vec![ev("k", "B", "0")]).await;
+    let mut stream = hub
+        .client()
+        .read_partition(ReadPartitionRequest {
+            topic: "busy".into(),
+            cursor: "_last".into(),
+            follow: true,
+            heartbeat_ms: 50,
+            types: vec!["A".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let (mut client, done) = (hub.client(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                append(&mut client, "busy", vec![ev("k", "B", "x")]).await;
+            }
+        })
+    };
+    let mut last = 0;
+    for _ in 0..5 {
+        let page = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a page within 10 s while other types are appended")
+            .unwrap()
+            .unwrap();
+        assert!(page.events.is_empty());
+        let Ok(Start::After(at)) = eventhub::cursor::decode("busy", 0, &page.cursor) else {
+            panic!("cursor {:?}", page.cursor);
+        };
+        assert!(at >= last, "cursors never go back");
+        last = at;
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    appender.await.unwrap();
+    assert!(last > 1, "the cursor moved past skipped events");
+}
