@@ -59,6 +59,8 @@ pub struct Config {
     /// its connection (a dropped NAT entry, a dead machine) end.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// Bearer tokens and their grants; `None` serves every caller.
+    pub tokens: Option<std::sync::Arc<crate::access::Tokens>>,
     pub limits: Limits,
 }
 
@@ -80,6 +82,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
+            tokens: None,
             limits: Limits::default(),
         }
     }

@@ -7,6 +7,7 @@
 //! # Layout
 //!
 //! - [`proto`]: the generated `eventhub.v1` messages, client and server (never edited).
+//! - [`access`]: bearer tokens and their grants (`eventhub serve --tokens FILE`).
 //! - [`config`]: server configuration and request limits.
 //! - [`error`]: [`error::HubError`], the one error type, and its mapping to gRPC statuses.
 //! - [`validate`]: checks at the edge (topic names, events, keys) and the partition hash.
@@ -24,6 +25,7 @@
 //! - [`bench`]: `eventhub bench`, the hub measured against its database, a no-op gRPC server and NATS JetStream.
 //! - `main.rs`: the `eventhub` command line (`eventhub serve`, `eventhub bench`).
 
+pub mod access;
 pub mod bench;
 pub mod config;
 pub mod cursor;

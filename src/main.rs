@@ -77,6 +77,10 @@ struct ServeArgs {
     /// Longest long-poll wait in milliseconds.
     #[arg(long, default_value_t = 300_000)]
     max_wait_ms: u64,
+    /// A file of bearer tokens and their grants (`TOKEN read:orders append:orders.* admin:*`,
+    /// one token per line): calls then need `authorization: Bearer TOKEN`. Without it, every caller is served
+    #[arg(long, env = "EVENTHUB_TOKENS", value_name = "FILE")]
+    tokens: Option<std::path::PathBuf>,
 }
 
 /// A limit of 0 would refuse or page everything; clap says so at start-up.
@@ -106,7 +110,18 @@ fn main() -> anyhow::Result<()> {
             return tokio::runtime::Runtime::new()?.block_on(eventhub::bench::run(args));
         }
     };
+    let tokens = match &args.tokens {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--tokens {}: {e}", path.display()))?;
+            let tokens = eventhub::access::Tokens::parse(&text)
+                .map_err(|e| anyhow::anyhow!("--tokens {}: {e}", path.display()))?;
+            Some(std::sync::Arc::new(tokens))
+        }
+    };
     let config = Config {
+        tokens,
         database_url: args.database,
         default_partitions: eventhub::validate::partition_count(args.default_partitions, 16)
             .map_err(|e| anyhow::anyhow!("--default-partitions: {e}"))?,

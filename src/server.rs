@@ -25,6 +25,7 @@ pub async fn run(
         config.limits.clone(),
         config.default_partitions,
         stop_rx,
+        config.tokens.clone(),
     );
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -41,7 +42,7 @@ pub async fn run(
     let service = EventHubServiceServer::new(hub)
         .max_decoding_message_size(config.limits.max_request_bytes)
         .max_encoding_message_size(usize::MAX);
-    tracing::info!(addr = %listener.local_addr()?, database = %config.database_url, "eventhub serving");
+    tracing::info!(addr = %listener.local_addr()?, database = %config.database_url, tokens_required = config.tokens.is_some(), "eventhub serving");
     let mut stopping = stop_tx.subscribe();
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))

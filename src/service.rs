@@ -3,6 +3,7 @@
 //! feeds a bounded channel (a full channel is backpressure; a closed one
 //! means the client went away).
 
+use crate::access::{self, Action, Grant, Tokens};
 use crate::config::Limits;
 use crate::cursor::{self, Start};
 use crate::error::{HubError, Result};
@@ -41,6 +42,8 @@ pub struct Hub {
     default_partitions: u32,
     /// Flips to true at shutdown so that open streams end cleanly.
     shutdown: watch::Receiver<bool>,
+    /// Bearer tokens; `None` serves every caller.
+    tokens: Option<Arc<Tokens>>,
 }
 
 impl Hub {
@@ -49,13 +52,31 @@ impl Hub {
         limits: Limits,
         default_partitions: u32,
         shutdown: watch::Receiver<bool>,
+        tokens: Option<Arc<Tokens>>,
     ) -> Self {
         Hub {
             store,
             limits,
             default_partitions,
             shutdown,
+            tokens,
         }
+    }
+
+    /// The grants of the call's token, `None` when the hub serves every
+    /// caller; UNAUTHENTICATED without a token it knows.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Option<&[Grant]>, Status> {
+        match &self.tokens {
+            None => Ok(None),
+            Some(tokens) => tokens.authenticate(request.metadata()).map(Some),
+        }
+    }
+
+    /// PERMISSION_DENIED unless the caller may do `action` to `topic`
+    /// (checked before the topic is looked up, so that a refused caller
+    /// does not learn whether it exists).
+    fn allow(grants: Option<&[Grant]>, action: Action, topic: &str) -> Result<(), Status> {
+        grants.map_or(Ok(()), |g| access::authorize(g, action, topic))
     }
 
     fn page_size(&self, asked: u32) -> usize {
@@ -510,7 +531,9 @@ impl EventHubService for Hub {
         &self,
         request: Request<proto::AppendRequest>,
     ) -> Result<Response<proto::AppendResponse>, Status> {
+        let grants = self.caller(&request)?;
         let req = request.into_inner();
+        Self::allow(grants, Action::Append, &req.topic)?;
         let topic = TopicName::parse(&req.topic)?;
         let events = validate::append_events(req.events, &self.limits)?;
         let reply = self
@@ -534,7 +557,9 @@ impl EventHubService for Hub {
         &self,
         request: Request<proto::ReadPartitionRequest>,
     ) -> Result<Response<Self::ReadPartitionStream>, Status> {
+        let grants = self.caller(&request)?;
         let req = request.into_inner();
+        Self::allow(grants, Action::Read, &req.topic)?;
         let (name, topic) = self.topic(&req.topic).await?;
         if req.partition >= topic.partition_count {
             return Err(HubError::invalid(format!(
@@ -579,7 +604,9 @@ impl EventHubService for Hub {
         &self,
         request: Request<proto::SurfaceRequest>,
     ) -> Result<Response<Self::SurfaceStream>, Status> {
+        let grants = self.caller(&request)?;
         let req = request.into_inner();
+        Self::allow(grants, Action::Read, &req.topic)?;
         let (_, topic) = self.topic(&req.topic).await?;
         validate::check_no_nul(&req.key_prefix, "key_prefix")?;
         validate::check_no_nul(&req.after_key, "after_key")?;
@@ -593,7 +620,9 @@ impl EventHubService for Hub {
         &self,
         request: Request<proto::ReadKeyRequest>,
     ) -> Result<Response<Self::ReadKeyStream>, Status> {
+        let grants = self.caller(&request)?;
         let req = request.into_inner();
+        Self::allow(grants, Action::Read, &req.topic)?;
         let (_, topic) = self.topic(&req.topic).await?;
         validate::check_key(&req.key, "key")?;
         let hub = self.clone();
@@ -606,7 +635,9 @@ impl EventHubService for Hub {
         &self,
         request: Request<proto::InvalidateRequest>,
     ) -> Result<Response<proto::InvalidateResponse>, Status> {
+        let grants = self.caller(&request)?;
         let req = request.into_inner();
+        Self::allow(grants, Action::Admin, &req.topic)?;
         let name = TopicName::parse(&req.topic)?;
         let n = req.reason.chars().count();
         if n == 0 || n > 1000 {
@@ -635,7 +666,9 @@ impl EventHubService for Hub {
         &self,
         request: Request<proto::CreateTopicRequest>,
     ) -> Result<Response<proto::CreateTopicResponse>, Status> {
+        let grants = self.caller(&request)?;
         let req = request.into_inner();
+        Self::allow(grants, Action::Admin, &req.name)?;
         let name = TopicName::parse(&req.name)?;
         let partitions = validate::partition_count(req.partition_count, self.default_partitions)?;
         let (topic, created) = self.store.create_topic(name, partitions).await?;
@@ -649,7 +682,10 @@ impl EventHubService for Hub {
         &self,
         request: Request<proto::GetTopicRequest>,
     ) -> Result<Response<proto::GetTopicResponse>, Status> {
-        let (_, topic) = self.topic(&request.into_inner().name).await?;
+        let grants = self.caller(&request)?;
+        let name = request.into_inner().name;
+        Self::allow(grants, Action::Read, &name)?;
+        let (_, topic) = self.topic(&name).await?;
         Ok(Response::new(proto::GetTopicResponse {
             topic: Some(topic_info(&topic)),
         }))
@@ -659,6 +695,7 @@ impl EventHubService for Hub {
         &self,
         request: Request<proto::ListTopicsRequest>,
     ) -> Result<Response<proto::ListTopicsResponse>, Status> {
+        let grants = self.caller(&request)?;
         let req = request.into_inner();
         validate::check_no_nul(&req.name_prefix, "name_prefix")?;
         validate::check_no_nul(&req.after_name, "after_name")?;
@@ -672,6 +709,10 @@ impl EventHubService for Hub {
             .await?;
         let more = topics.len() > limit;
         topics.truncate(limit);
+        // Where the page ends is decided before the topics the caller may
+        // not read are left out, so a page may hold fewer than `limit`.
+        let last_listed = topics.last().map(|t| t.name.clone());
+        topics.retain(|t| grants.is_none_or(|g| access::allows(g, Action::Read, &t.name)));
         // A page also ends before it passes PAGE_BYTES encoded (a topic of
         // 1,024 partitions takes 20–40 KB): clients refuse messages
         // over 4 MiB by default.
@@ -685,8 +726,10 @@ impl EventHubService for Hub {
             }
             infos.push(info);
         }
-        let next_after_name = if more || infos.len() < topics.len() {
+        let next_after_name = if infos.len() < topics.len() {
             infos.last().map(|t| t.name.clone()).unwrap_or_default()
+        } else if more {
+            last_listed.unwrap_or_default()
         } else {
             String::new()
         };
