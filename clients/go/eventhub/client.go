@@ -75,6 +75,25 @@ func Dial(target string, opts ...grpc.DialOption) (*Client, error) {
 	return &Client{api: pb.NewEventHubServiceClient(conn), conn: conn}, nil
 }
 
+// WithToken is a Dial option that sends the metadata
+// "authorization: Bearer <token>" with every call, for a hub started with
+// --tokens. Dial's default connection is plaintext, which suits loopback;
+// elsewhere add TLS (grpc.WithTransportCredentials) so that the token does
+// not travel in the clear.
+func WithToken(token string) grpc.DialOption {
+	return grpc.WithPerRPCCredentials(bearerToken(token))
+}
+
+type bearerToken string
+
+func (b bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+// RequireTransportSecurity is false so that a token can be used over
+// Dial's plaintext default (on loopback, say).
+func (bearerToken) RequireTransportSecurity() bool { return false }
+
 // NewClient returns a Client over an existing connection, which the caller
 // keeps and closes.
 func NewClient(conn grpc.ClientConnInterface) *Client {
