@@ -30,7 +30,7 @@ cargo test --locked
 
 echo "== rust: the conformance suite on PostgreSQL"
 EVENTHUB_TEST_BACKEND=postgres cargo test --locked \
-    --test api --test bad_input --test concurrency --test crash
+    --test api --test access --test bad_input --test concurrency --test crash
 
 export EVENTHUB_BIN="$PWD/target/debug/eventhub"
 export EVENTHUB_TEST_POSTGRES_DSN="$EVENTHUB_TEST_POSTGRES_URL"
