@@ -184,6 +184,14 @@ pub fn authorize(grants: &[Grant], action: Action, topic: &str) -> Result<(), St
     if grants.iter().any(|g| g.allows(action, topic)) {
         return Ok(());
     }
+    if topic.len() > 200 {
+        // Longer than any topic name: not echoed back.
+        return Err(Status::permission_denied(format!(
+            "this token may not {} a topic named with {} bytes",
+            action.name(),
+            topic.len()
+        )));
+    }
     Err(Status::permission_denied(format!(
         "this token may not {verb} topic {topic:?}: that needs {name}:{topic} or a pattern \
          covering it (such as {name}:*, or admin:...) in the hub's tokens file",

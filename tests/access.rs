@@ -254,6 +254,14 @@ async fn grants_decide_what_each_token_may_do() {
         assert!(status.message().contains(grant), "{status:?}");
     }
 
+    // An oversized name is measured, not echoed.
+    let status = client
+        .append(bearer(append_req(&"x".repeat(20_000)), READER))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().len() < 600, "{}", status.message().len());
+
     // ListTopics lists only what the token may read, page by page.
     let mut names = Vec::new();
     let mut after = String::new();

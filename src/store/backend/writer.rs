@@ -1009,9 +1009,6 @@ impl Writer {
                 } => {
                     let r = loop {
                         let r = self.prepare().create_topic(&topic, partitions).await;
-                        if r.is_err() {
-                            self.discard_conn();
-                        }
                         if !self.retry_begin(&r) {
                             break r;
                         }
@@ -1029,9 +1026,6 @@ impl Writer {
                             .prepare()
                             .invalidate(&topic, transaction_id, &reason)
                             .await;
-                        if r.is_err() {
-                            self.discard_conn();
-                        }
                         if !self.retry_begin(&r) {
                             break r;
                         }
@@ -1073,16 +1067,14 @@ impl Writer {
     /// it had ended the session (the write then did not happen:
     /// `committed_anyway` looked). The request may run again on a new
     /// connection; that one is not kept from before, so this happens at
-    /// most once. A connection that saw the database unavailable is never
-    /// kept.
+    /// most once. A connection that saw a request fail is never kept
+    /// (`discard_conn`).
     fn retry_begin<T>(&mut self, result: &Result<T>) -> bool {
-        match result {
-            Err(e) if e.is_unavailable() => {
-                self.conn = None;
-                self.kept && (!self.began || session_ended(e))
-            }
-            _ => false,
-        }
+        let Err(e) = result else {
+            return false;
+        };
+        self.discard_conn();
+        e.is_unavailable() && self.kept && (!self.began || session_ended(e))
     }
 
     /// After committing failed with `error`: whether the transaction
@@ -1174,9 +1166,6 @@ impl Writer {
     async fn append_batch(&mut self, batch: Vec<AppendReq>) {
         let result = loop {
             let r = self.prepare().try_append_batch(&batch).await;
-            if r.is_err() {
-                self.discard_conn();
-            }
             if !self.retry_begin(&r) {
                 break r;
             }
