@@ -33,6 +33,16 @@ fn bearer<T>(message: T, token: &str) -> Request<T> {
     with(message, &format!("Bearer {token}"))
 }
 
+/// GetTopic of `name` with `token`.
+async fn get_topic(
+    client: &mut Client,
+    name: &str,
+    token: &str,
+) -> Result<proto::Topic, tonic::Status> {
+    let request = bearer(proto::GetTopicRequest { name: name.into() }, token);
+    Ok(client.get_topic(request).await?.into_inner().topic.unwrap())
+}
+
 fn append_req(topic: &str) -> proto::AppendRequest {
     proto::AppendRequest {
         topic: topic.into(),
@@ -77,15 +87,7 @@ async fn calls_without_a_known_token_are_unauthenticated() {
     }
     let status = client.read_partition(read_req("orders")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    let status = client
-        .get_topic(bearer(
-            proto::GetTopicRequest {
-                name: "orders".into(),
-            },
-            ADMIN,
-        ))
-        .await
-        .unwrap_err();
+    let status = get_topic(&mut client, "orders", ADMIN).await.unwrap_err();
     assert_eq!(
         status.code(),
         Code::NotFound,
@@ -124,15 +126,7 @@ async fn grants_decide_what_each_token_may_do() {
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
     assert!(denied.message().contains("append:billing"), "{denied:?}");
-    let status = client
-        .get_topic(bearer(
-            proto::GetTopicRequest {
-                name: "billing".into(),
-            },
-            ADMIN,
-        ))
-        .await
-        .unwrap_err();
+    let status = get_topic(&mut client, "billing", ADMIN).await.unwrap_err();
     assert_eq!(
         status.code(),
         Code::NotFound,
@@ -192,27 +186,11 @@ async fn grants_decide_what_each_token_may_do() {
     }
     for (status, grant) in [
         (
-            client
-                .get_topic(bearer(
-                    proto::GetTopicRequest {
-                        name: "secret".into(),
-                    },
-                    READER,
-                ))
-                .await
-                .unwrap_err(),
+            get_topic(&mut client, "secret", READER).await.unwrap_err(),
             "read:secret",
         ),
         (
-            client
-                .get_topic(bearer(
-                    proto::GetTopicRequest {
-                        name: "nowhere".into(),
-                    },
-                    READER,
-                ))
-                .await
-                .unwrap_err(),
+            get_topic(&mut client, "nowhere", READER).await.unwrap_err(),
             "read:nowhere",
         ),
         (

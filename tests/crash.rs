@@ -395,7 +395,6 @@ async fn a_full_disk_loses_nothing_acknowledged() {
 /// pings the silent connection and closes it when no answer comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_client_is_let_go() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     let hub = spawn_hub_with(|c| {
         c.keepalive_interval = std::time::Duration::from_millis(500);
@@ -415,41 +414,15 @@ async fn a_vanished_client_is_let_go() {
     let relay = tokio::spawn(async move {
         let (client_side, _) = proxy.accept().await.unwrap();
         let hub_side = TcpStream::connect(hub_addr).await.unwrap();
-        let (mut from_client, mut to_client) = client_side.into_split();
-        let (mut from_hub, mut to_hub) = hub_side.into_split();
-        let up_cut = cut.clone();
-        let up = tokio::spawn(async move {
-            let mut buf = vec![0; 16 << 10];
-            loop {
-                match from_client.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) if !*up_cut.borrow() => {
-                        if to_hub.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                }
-            }
-            std::future::pending::<()>().await;
-            drop((from_client, to_hub));
-        });
-        let mut buf = vec![0; 16 << 10];
-        loop {
-            match from_hub.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) if !*cut.borrow() => {
-                    if to_client.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-            }
-        }
+        let (from_client, to_client) = client_side.into_split();
+        let (from_hub, to_hub) = hub_side.into_split();
+        let up = tokio::spawn(pass(from_client, to_hub, cut.clone()));
+        // Both halves come back, so the client's side stays open: it is
+        // the hub that let go.
+        let _down = pass(from_hub, to_client, cut).await;
         let _ = closed_tx.send(());
-        // Hold the client's side open: it is the hub that let go.
         std::future::pending::<()>().await;
-        drop((up, to_client));
+        drop(up);
     });
 
     let mut client = connect(proxy_addr).await;
@@ -474,4 +447,30 @@ async fn a_vanished_client_is_let_go() {
         .unwrap();
     relay.abort();
     hub.stop().await;
+}
+
+/// Copies `from` to `to` until `from` ends, dropping what arrives once
+/// `cut` is set; returns both halves, so that nothing is closed.
+async fn pass(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut: tokio::sync::watch::Receiver<bool>,
+) -> (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0; 16 << 10];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) if !*cut.borrow() => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    (from, to)
 }

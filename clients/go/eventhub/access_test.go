@@ -8,7 +8,6 @@ import (
 
 	"github.com/eventhub/eventhub/clients/go/eventhub"
 	pb "github.com/eventhub/eventhub/clients/go/eventhubv1"
-	"github.com/eventhub/eventhub/clients/go/internal/testhub"
 )
 
 // A hub started with --tokens: WithToken's token is sent with every call,
@@ -21,18 +20,7 @@ func TestWithToken(t *testing.T) {
 	if err := os.WriteFile(tokens, []byte(writer+" admin:go-*\n"+reader+" read:go-*\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h, err := testhub.Start(dir, "127.0.0.1:0", "--tokens", tokens)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("hub log:\n%s", h.Tail())
-		}
-		if err := h.Stop(); err != nil {
-			t.Errorf("stopping the hub: %v", err)
-		}
-	})
+	h := startHub(t, dir, "--tokens", tokens)
 	dial := func(token string) *eventhub.Client {
 		t.Helper()
 		var c *eventhub.Client

@@ -18,18 +18,7 @@ import (
 // of one partition, and returns a client of it.
 func ownHub(t *testing.T, topic string) (*testhub.Hub, *eventhub.Client) {
 	t.Helper()
-	h, err := testhub.Start(t.TempDir(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("hub log:\n%s", h.Tail())
-		}
-		if err := h.Stop(); err != nil {
-			t.Errorf("stopping the hub: %v", err)
-		}
-	})
+	h := startHub(t, t.TempDir())
 	c, err := eventhub.Dial(h.Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -143,4 +132,24 @@ func TestConsumerRidesThroughSilentHub(t *testing.T) {
 	if rows, distinct := count(t, db); rows != 10 || distinct != 10 {
 		t.Fatalf("applied %d rows for %d distinct events, want 10 each", rows, distinct)
 	}
+}
+
+// startHub starts a hub of the test's own on a free port, with its database
+// in dir and the extra serve flags given, stopped when the test ends (its log
+// shown if the test failed).
+func startHub(t *testing.T, dir string, extra ...string) *testhub.Hub {
+	t.Helper()
+	h, err := testhub.Start(dir, "127.0.0.1:0", extra...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("hub log:\n%s", h.Tail())
+		}
+		if err := h.Stop(); err != nil {
+			t.Errorf("stopping the hub: %v", err)
+		}
+	})
+	return h
 }
