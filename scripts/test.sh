@@ -4,6 +4,10 @@
 # the multi-process PostgreSQL tests, the drift check of every client's
 # generated stubs, and every client's tests against a real hub.
 #
+# Every part whose toolchain this machine has runs; a part whose toolchain is
+# missing (go for the Go client, dotnet for the .NET client) is skipped and
+# named, with the reason, in the summary printed at the end.
+#
 # PostgreSQL: set EVENTHUB_TEST_POSTGRES_URL to use your own server (its
 # user must be allowed to CREATE DATABASE; the tests create databases named
 # eventhub_test_*). Otherwise scripts/with-postgres.sh starts a throwaway
@@ -17,31 +21,72 @@ fi
 # Tests that need PostgreSQL fail instead of skipping.
 export EVENTHUB_TEST_REQUIRE_POSTGRES=1
 
-echo "== nats-server, the peer of eventhub bench (tests/bench.rs runs it when present)"
-scripts/install-bench-deps.sh || echo "   (continuing: the bench test skips the NATS rows)"
+ran=()
+skipped=()
+current=""
+summary() {
+    local status=$?
+    echo
+    echo "== summary"
+    for part in "${ran[@]}"; do echo "   ran:     $part"; done
+    for part in "${skipped[@]}"; do echo "   skipped: $part"; done
+    if [ "$status" -ne 0 ]; then
+        echo "   FAILED:  $current (exit status $status)"
+    fi
+}
+trap summary EXIT
+step() {
+    current="$1"
+    echo "== $1"
+}
+passed() { ran+=("$current"); }
 
-echo "== rust: fmt, clippy, build"
+step "nats-server, the peer of eventhub bench (tests/bench.rs runs it when present)"
+if scripts/install-bench-deps.sh; then
+    passed
+else
+    skipped+=("nats-server install (tests/bench.rs skips its NATS rows)")
+fi
+
+step "rust: fmt, clippy, build"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo build --locked
+passed
 
-echo "== rust: tests on SQLite, and the PostgreSQL-only tests"
+step "rust: tests on SQLite, and the PostgreSQL-only tests"
 cargo test --locked
+passed
 
-echo "== rust: the conformance suite on PostgreSQL"
+step "rust: the conformance suite on PostgreSQL"
 EVENTHUB_TEST_BACKEND=postgres cargo test --locked \
     --test api --test access --test bad_input --test concurrency --test crash
+passed
 
 export EVENTHUB_BIN="$PWD/target/debug/eventhub"
 export EVENTHUB_TEST_POSTGRES_DSN="$EVENTHUB_TEST_POSTGRES_URL"
 
-echo "== generated stubs are up to date"
+step "generated stubs are up to date"
+if ! command -v go >/dev/null 2>&1; then
+    skipped+=("the Go half of the stub drift check (no go toolchain on this machine)")
+fi
 scripts/check-generated.sh
+passed
 
-for client in python go; do
-    if [ -x "clients/$client/test.sh" ]; then
-        echo "== clients/$client"
-        "clients/$client/test.sh"
+# client directory, the command its tests need, and what that command is
+for entry in "python python3 Python 3" "go go Go" "dotnet dotnet the .NET SDK"; do
+    read -r client tool toolname <<<"$entry"
+    if [ ! -x "clients/$client/test.sh" ]; then
+        continue
     fi
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        skipped+=("clients/$client tests (no $tool on this machine: install $toolname to run them)")
+        echo "== clients/$client: skipped, no $tool on this machine"
+        continue
+    fi
+    step "clients/$client"
+    "clients/$client/test.sh"
+    passed
 done
-echo "== all tests passed"
+current=""
+echo "== all tests that can run here passed"

@@ -231,8 +231,8 @@ public sealed class Consumer
         {
             await _handler(page, transaction, cancellationToken).ConfigureAwait(false);
         }
-        await CursorTable.SaveAsync(transaction, _options.Group, _options.Topic, page.Partition, previous, page.Cursor, cancellationToken).ConfigureAwait(false);
         // Once the handler has run, the page is committed even if the run is being stopped.
+        await CursorTable.SaveAsync(transaction, _options.Group, _options.Topic, page.Partition, previous, page.Cursor, CancellationToken.None).ConfigureAwait(false);
         await transaction.CommitAsync(CancellationToken.None).ConfigureAwait(false);
         return page.Cursor;
     }
@@ -242,6 +242,14 @@ public sealed class Consumer
         try
         {
             await ReadAsync(partition, cursor, follow, pages, outage, stop.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException e) when (!stop.IsCancellationRequested)
+        {
+            // Nobody stopped the run, yet the read reports itself cancelled (the transport does, in
+            // some failures): end the run with an error rather than leave the partition unread, or
+            // return as if stopped.
+            await stop.CancelAsync().ConfigureAwait(false);
+            throw new UnavailableException($"reading partition {partition} of topic '{_options.Topic}' was cancelled, though the consumer was not stopped: {e.Message}", null, e);
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
@@ -284,7 +292,8 @@ public sealed class Consumer
             }
             catch (UnavailableException e)
             {
-                await outage.BackoffAsync(e, failures++, $"partition {partition} (cursor '{cursor}')", cancellationToken).ConfigureAwait(false);
+                // Named as the observer names it, so that its recovery ends this outage.
+                await outage.BackoffAsync(e, failures++, PartitionObserver.Name(partition), cancellationToken).ConfigureAwait(false);
             }
         }
     }
@@ -340,7 +349,9 @@ public sealed class Consumer
 
     private sealed class PartitionObserver(Outage outage, int partition) : IStreamObserver
     {
-        private readonly string _where = $"partition {partition}";
+        private readonly string _where = Name(partition);
+
+        internal static string Name(int partition) => $"partition {partition}";
 
         public void Failed(EventHubException error, int failures, TimeSpan delay) => outage.Failed(_where, error, failures, delay);
 

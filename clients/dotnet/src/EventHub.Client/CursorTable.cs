@@ -6,8 +6,9 @@ namespace EventHub.Client;
 /// The table where a <see cref="Consumer"/> keeps its cursors, in your own database:
 /// <c>eventhub_cursors(consumer, topic, partition, cursor)</c> with the primary key
 /// <c>(consumer, topic, partition)</c>, the same table the Python and Go clients use. The SQL is
-/// plain enough for SQLite (<c>Microsoft.Data.Sqlite</c>) and PostgreSQL (<c>Npgsql</c>), and for
-/// any ADO.NET provider that takes <c>@name</c> parameters and <c>CREATE TABLE IF NOT EXISTS</c>.
+/// plain enough for SQLite 3.24 or later (<c>Microsoft.Data.Sqlite</c>) and PostgreSQL 9.5 or
+/// later (<c>Npgsql</c>), and for any ADO.NET provider that takes <c>@name</c> parameters,
+/// <c>CREATE TABLE IF NOT EXISTS</c> and <c>INSERT … ON CONFLICT DO NOTHING</c>.
 /// </summary>
 public static class CursorTable
 {
@@ -27,7 +28,8 @@ public static class CursorTable
 
     private const string Where = """consumer = @consumer AND topic = @topic AND "partition" = @partition""";
     private const string SelectSql = $"""SELECT "cursor" FROM eventhub_cursors WHERE {Where}""";
-    private const string InsertSql = """INSERT INTO eventhub_cursors (consumer, topic, "partition", "cursor") VALUES (@consumer, @topic, @partition, @cursor)""";
+    // A row inserted meanwhile by another consumer of the group is a conflict, not a key violation.
+    private const string InsertSql = """INSERT INTO eventhub_cursors (consumer, topic, "partition", "cursor") VALUES (@consumer, @topic, @partition, @cursor) ON CONFLICT (consumer, topic, "partition") DO NOTHING""";
     private const string UpdateSql = $"""UPDATE eventhub_cursors SET "cursor" = @cursor WHERE {Where} AND "cursor" = @previous""";
 
     /// <summary>Creates the table if it does not exist, in a transaction of its own.</summary>
@@ -54,18 +56,15 @@ public static class CursorTable
     /// <summary>Stores <paramref name="cursor"/> in place of <paramref name="previous"/> (none
     /// stored yet when <see langword="null"/>).</summary>
     /// <exception cref="CursorConflictException">The stored cursor is no longer
-    /// <paramref name="previous"/>: another consumer of the same group processed the partition.
+    /// <paramref name="previous"/> (or, with <paramref name="previous"/> <see langword="null"/>,
+    /// a cursor is stored already): another consumer of the same group processed the partition.
     /// Roll the transaction back.</exception>
     public static async Task SaveAsync(DbTransaction transaction, string consumer, string topic, int partition, string? previous, string cursor, CancellationToken cancellationToken = default)
     {
-        if (previous is null)
-        {
-            await using var insert = Command(transaction, InsertSql, ("consumer", consumer), ("topic", topic), ("partition", partition), ("cursor", cursor));
-            await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
-            return;
-        }
-        await using var update = Command(transaction, UpdateSql, ("consumer", consumer), ("topic", topic), ("partition", partition), ("cursor", cursor), ("previous", previous));
-        if (await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) != 1)
+        await using var command = previous is null
+            ? Command(transaction, InsertSql, ("consumer", consumer), ("topic", topic), ("partition", partition), ("cursor", cursor))
+            : Command(transaction, UpdateSql, ("consumer", consumer), ("topic", topic), ("partition", partition), ("cursor", cursor), ("previous", previous));
+        if (await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) != 1)
         {
             throw new CursorConflictException(
                 $"the cursor of consumer '{consumer}', topic '{topic}', partition {partition} is no longer the one this consumer read from: another consumer of the same group processed the partition");

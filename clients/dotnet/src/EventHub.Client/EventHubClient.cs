@@ -369,9 +369,29 @@ public sealed class EventHubClient : IAsyncDisposable, IDisposable
                     failure = new UnavailableException($"no page or heartbeat for {silence!.Value.TotalSeconds:0.###}s; reading again", null, e);
                     break;
                 }
+                catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested && !watchdog.IsCancellationRequested && FailedStatus(call) is { } status)
+                {
+                    // Nobody cancelled: Grpc.Net.Client (with ThrowOperationCanceledOnCancellation)
+                    // reports a stream that could not start, the hub being unreachable, as
+                    // cancelled. The call's status says what happened.
+                    var e = new RpcException(status);
+                    if (status.StatusCode != StatusCode.Unavailable)
+                    {
+                        throw EventHubException.From(e);
+                    }
+                    failure = EventHubException.From(e);
+                    break;
+                }
                 catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
                 {
                     failure = (EventHubException)EventHubException.From(e);
+                    break;
+                }
+                catch (RpcException e) when (LostConnection(e))
+                {
+                    // The hub closed the connection under the stream (it restarted while the
+                    // reader was behind, say): the hub is not there, not broken.
+                    failure = new UnavailableException(e.Status.Detail, e.Trailers, e);
                     break;
                 }
                 catch (RpcException e)
@@ -420,6 +440,26 @@ public sealed class EventHubClient : IAsyncDisposable, IDisposable
             }
             lost = true;
             await Task.Delay(delay, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>True when a call failed because its connection was lost, which Grpc.Net.Client
+    /// reports as INTERNAL with the transport's exception (an INTERNAL status from the hub has none).</summary>
+    private static bool LostConnection(RpcException e) =>
+        e.StatusCode == StatusCode.Internal && e.Status.DebugException is IOException;
+
+    /// <summary>The status a stream's call failed with, or <see langword="null"/> when it has none
+    /// (yet) or succeeded.</summary>
+    private static Status? FailedStatus<TResponse>(AsyncServerStreamingCall<TResponse> call)
+    {
+        try
+        {
+            var status = call.GetStatus();
+            return status.StatusCode is StatusCode.OK or StatusCode.Cancelled ? null : status;
+        }
+        catch (InvalidOperationException)
+        {
+            return null;
         }
     }
 
