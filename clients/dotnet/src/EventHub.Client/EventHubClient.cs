@@ -303,9 +303,15 @@ public sealed class EventHubClient : IAsyncDisposable, IDisposable
                 using var call = method(request, Options(Settings.DefaultDeadline, cancellationToken));
                 return await call.ResponseAsync.ConfigureAwait(false);
             }
-            catch (RpcException e) when (retryable && e.StatusCode == StatusCode.Unavailable && retry.AllowsRetry(attempt))
+            catch (RpcException e) when (retryable && (e.StatusCode == StatusCode.Unavailable || LostConnection(e)) && retry.AllowsRetry(attempt))
             {
                 await Task.Delay(retry.Backoff(attempt), cancellationToken).ConfigureAwait(false);
+            }
+            catch (RpcException e) when (LostConnection(e))
+            {
+                // The hub may or may not have done what was asked: for an Append, only event ids
+                // make trying again safe, so the caller decides.
+                throw new UnavailableException($"the connection to the hub was lost during the call, which may or may not have taken effect: {e.Status.Detail}", e.Trailers, e);
             }
             catch (RpcException e)
             {
@@ -372,9 +378,14 @@ public sealed class EventHubClient : IAsyncDisposable, IDisposable
                 catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested && !watchdog.IsCancellationRequested && FailedStatus(call) is { } status)
                 {
                     // Nobody cancelled: Grpc.Net.Client (with ThrowOperationCanceledOnCancellation)
-                    // reports a stream that could not start, the hub being unreachable, as
-                    // cancelled. The call's status says what happened.
+                    // reports a stream that could not start, the hub being unreachable or its
+                    // connection lost, as cancelled. The call's status says what happened.
                     var e = new RpcException(status);
+                    if (LostConnection(e))
+                    {
+                        failure = new UnavailableException(status.Detail, null, e);
+                        break;
+                    }
                     if (status.StatusCode != StatusCode.Unavailable)
                     {
                         throw EventHubException.From(e);
@@ -389,8 +400,9 @@ public sealed class EventHubClient : IAsyncDisposable, IDisposable
                 }
                 catch (RpcException e) when (LostConnection(e))
                 {
-                    // The hub closed the connection under the stream (it restarted while the
-                    // reader was behind, say): the hub is not there, not broken.
+                    // The connection under the stream was lost: the hub closed it (it restarted
+                    // while the reader was behind, say), or the handler's keepalive dropped it
+                    // because the hub stopped answering. The hub is not there, not broken.
                     failure = new UnavailableException(e.Status.Detail, e.Trailers, e);
                     break;
                 }
@@ -444,9 +456,12 @@ public sealed class EventHubClient : IAsyncDisposable, IDisposable
     }
 
     /// <summary>True when a call failed because its connection was lost, which Grpc.Net.Client
-    /// reports as INTERNAL with the transport's exception (an INTERNAL status from the hub has none).</summary>
+    /// reports as INTERNAL with the transport's exception (an INTERNAL status from the hub has none):
+    /// an <see cref="IOException"/> for a response under way, an <see cref="HttpRequestException"/>
+    /// for a call still waiting for its response headers (as a stream reopened on a connection
+    /// that has gone silent is when the keepalive drops it: a protocol error, so INTERNAL).</summary>
     private static bool LostConnection(RpcException e) =>
-        e.StatusCode == StatusCode.Internal && e.Status.DebugException is IOException;
+        e.StatusCode == StatusCode.Internal && e.Status.DebugException is IOException or HttpRequestException;
 
     /// <summary>The status a stream's call failed with, or <see langword="null"/> when it has none
     /// (yet) or succeeded.</summary>
