@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what `eventhub bench` needs beyond Rust: nats-server, the NATS
+# Installs what `eventhub-bench` needs beyond Rust: nats-server, the NATS
 # JetStream peer the bench compares the hub with. Idempotent: does nothing
 # when nats-server is already on PATH. Uses Debian/Ubuntu packages (apt) and
 # so must run as root; otherwise it says what to do instead.
@@ -15,7 +15,7 @@ if [ "$(id -u)" -ne 0 ]; then
 nats-server is not installed, and installing it needs root.
 Run this script as root (e.g. `sudo scripts/install-bench-deps.sh`), or install
 nats-server yourself (https://docs.nats.io/running-a-nats-service/introduction/installation)
-and make sure it is on PATH. Without it, `eventhub bench` skips the NATS rows.
+and make sure it is on PATH. Without it, `eventhub-bench` skips the NATS rows.
 MSG
     exit 1
 fi

@@ -41,21 +41,21 @@ step() {
 }
 passed() { ran+=("$current"); }
 
-step "nats-server, the peer of eventhub bench (tests/bench.rs runs it when present)"
+step "nats-server, the peer of eventhub-bench (bench/tests/bench.rs runs it when present)"
 if scripts/install-bench-deps.sh; then
     passed
 else
-    skipped+=("nats-server install (tests/bench.rs skips its NATS rows)")
+    skipped+=("nats-server install (bench/tests/bench.rs skips its NATS rows)")
 fi
 
 step "rust: fmt, clippy, build"
-cargo fmt --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo build --locked
+cargo fmt --all --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo build --locked --workspace
 passed
 
-step "rust: tests on SQLite, and the PostgreSQL-only tests"
-cargo test --locked
+step "rust: tests on SQLite, the PostgreSQL-only tests, and the bench harness"
+cargo test --locked --workspace
 passed
 
 step "rust: the conformance suite on PostgreSQL"

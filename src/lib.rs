@@ -22,11 +22,12 @@
 //! - [`service`]: the gRPC handlers of `EventHubService`.
 //! - [`server`]: [`server::run`] wires store, service, health and reflection onto a listener, and
 //!   closes the store (every database connection) at shutdown.
-//! - [`bench`]: `eventhub bench`, the hub measured against its database, a no-op gRPC server and NATS JetStream.
-//! - `main.rs`: the `eventhub` command line (`eventhub serve`, `eventhub bench`).
+//! - `main.rs`: the `eventhub` command line (`eventhub serve`).
+//!
+//! The benchmark is a package of its own, `bench/` (`eventhub-bench`), built on this library's
+//! public API, so that the hub depends on none of its peers.
 
 pub mod access;
-pub mod bench;
 pub mod config;
 pub mod cursor;
 pub mod error;

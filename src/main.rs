@@ -27,9 +27,6 @@ struct Cli {
 enum Command {
     /// Run the hub.
     Serve(ServeArgs),
-    /// Measure the hub against its database, a no-op gRPC server and NATS
-    /// JetStream on loopback; prints a markdown table and writes JSON.
-    Bench(eventhub::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -89,27 +86,15 @@ fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    // The bench's in-process hubs would log every start and stop; it
-    // reports through its progress lines instead.
-    let default_filter = match cli.command {
-        Command::Serve(_) => "info",
-        Command::Bench(_) => "warn",
-    };
+    let Command::Serve(args) = Cli::parse().command;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EVENTHUB_LOG")
-                .unwrap_or_else(|_| default_filter.into()),
+                .unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = match cli.command {
-        Command::Serve(args) => args,
-        Command::Bench(args) => {
-            return tokio::runtime::Runtime::new()?.block_on(eventhub::bench::run(args));
-        }
-    };
     let tokens = match &args.tokens {
         None => None,
         Some(path) => {

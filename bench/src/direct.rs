@@ -9,8 +9,8 @@
 //! PostgreSQL with `synchronous_commit=on`.
 
 use super::events::{CONTENT_TYPE, EVENT_TYPE, Row, TOPIC_ID, key, now_ms};
-use crate::validate::partition_for;
 use anyhow::{Context, Result, bail};
+use eventhub::validate::partition_for;
 use futures::TryStreamExt;
 use indicatif::ProgressBar;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -234,10 +234,10 @@ impl Db {
         let db = Db::open(fresh, connections, false).await?;
         match &db {
             Db::Sqlite(p) => {
-                sqlx::migrate!("migrations/sqlite").run(p).await?;
+                eventhub::store::SQLITE_MIGRATIONS.run(p).await?;
             }
             Db::Postgres(p) => {
-                sqlx::migrate!("migrations/postgres").run(p).await?;
+                eventhub::store::POSTGRES_MIGRATIONS.run(p).await?;
             }
         }
         Ok(db)

@@ -6,8 +6,8 @@
 //! exactly the same rows. The first 8 bytes of a payload can carry the time
 //! the event was sent (see [`stamp`]), for the delivery-latency workload.
 
-use crate::proto::AppendEvent;
-use crate::validate::partition_for;
+use eventhub::proto::AppendEvent;
+use eventhub::validate::partition_for;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

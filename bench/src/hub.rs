@@ -1,16 +1,16 @@
-//! The hub under test, in-process: [`crate::server::run`] on a
+//! The hub under test, in-process: [`eventhub::server::run`] on a
 //! `127.0.0.1:0` listener with a fresh database, and the gRPC client side
 //! of every workload, talking real gRPC over loopback.
 
 use super::events::{self, Sizes, TOPIC, append_event};
 use super::latency::{self, LatencyRun};
-use crate::config::Config;
-use crate::proto::event_hub_service_client::EventHubServiceClient;
-use crate::proto::{
+use anyhow::{Context, Result, anyhow, bail};
+use eventhub::config::Config;
+use eventhub::proto::event_hub_service_client::EventHubServiceClient;
+use eventhub::proto::{
     AppendEvent, AppendRequest, CreateTopicRequest, GetTopicRequest, ReadKeyRequest,
     ReadPartitionRequest, SurfaceRequest,
 };
-use anyhow::{Context, Result, anyhow, bail};
 use indicatif::ProgressBar;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,7 +52,7 @@ impl RunningHub {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let mut task = tokio::spawn(crate::server::run(listener, config, async {
+        let mut task = tokio::spawn(eventhub::server::run(listener, config, async {
             let _ = stopped.await;
         }));
         let ready = async {

@@ -1,4 +1,4 @@
-//! `eventhub bench`: the hub measured against what it is built on and
+//! `eventhub-bench`: the hub measured against what it is built on and
 //! against a peer, everything on loopback and in one process except the
 //! peer's server.
 //!
@@ -54,7 +54,7 @@ pub enum Workload {
     Surface,
 }
 
-/// `eventhub bench` options.
+/// `eventhub-bench` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Rounds of every workload; the table shows medians [default: 3, 1 with --quick].

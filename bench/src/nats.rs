@@ -200,7 +200,7 @@ impl Peer {
             .map(|b| {
                 b.iter()
                     .map(|(key, payload)| {
-                        let p = crate::validate::partition_for(key, partitions);
+                        let p = eventhub::validate::partition_for(key, partitions);
                         (subjects[p as usize].clone(), Bytes::from(payload.clone()))
                     })
                     .collect()
@@ -345,7 +345,7 @@ impl Peer {
                 let first = tick as usize * per_tick;
                 let mut acks = Vec::with_capacity(per_tick);
                 for i in first..first + per_tick {
-                    let p = crate::validate::partition_for(&events::key(i % keys), partitions);
+                    let p = eventhub::validate::partition_for(&events::key(i % keys), partitions);
                     acks.push(
                         js.publish(subjects[p as usize].clone(), payload.clone())
                             .await

@@ -5,9 +5,9 @@
 //! It sets TCP_NODELAY on accepted connections, as a tuned gRPC server
 //! does, so that it shows what the transport can do.
 
-use crate::proto::event_hub_service_server::{EventHubService, EventHubServiceServer};
-use crate::proto::*;
 use anyhow::Result;
+use eventhub::proto::event_hub_service_server::{EventHubService, EventHubServiceServer};
+use eventhub::proto::*;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

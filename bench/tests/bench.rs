@@ -41,15 +41,15 @@ fn assert_measured(s: &Value, expected: Option<u64>) {
     assert!(s["median"].as_f64().unwrap() > 0.0, "{s:#}");
 }
 
-/// `eventhub bench --quick` runs every workload on SQLite (and NATS and
+/// `eventhub-bench --quick` runs every workload on SQLite (and NATS and
 /// PostgreSQL when available, skipping them with a reason otherwise) and
 /// writes a JSON file with every round, verified counts and the machine.
 #[test]
 fn quick_bench_measures_every_workload() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_eventhub"))
-        .args(["bench", "--quick", "--json"])
+    let out = Command::new(env!("CARGO_BIN_EXE_eventhub-bench"))
+        .args(["--quick", "--json"])
         .arg(&path)
         .current_dir(dir.path())
         .output()

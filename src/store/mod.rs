@@ -35,6 +35,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// The SQLite schema, as migrations (run at start-up; the bench's database
+/// references run them too).
+pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+/// The PostgreSQL schema, as migrations.
+pub static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
 /// Closes every connection of `pool`, waiting for those in use. sqlx's
 /// `Pool::close` can return with one connection left open: one that was
 /// being opened when it was called (to keep `min_connections`, or for a

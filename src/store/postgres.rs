@@ -89,7 +89,7 @@ pub(crate) async fn open(
         .await?;
     // Migrations take an advisory lock, so hub processes starting together
     // run them once.
-    sqlx::migrate!("migrations/postgres").run(&pool).await?;
+    super::POSTGRES_MIGRATIONS.run(&pool).await?;
     let listen = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(ACQUIRE_TIMEOUT)

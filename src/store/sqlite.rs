@@ -86,7 +86,7 @@ pub(crate) async fn open(
         )
         .await?;
     let lock = lock_file(options.get_filename())?;
-    sqlx::migrate!("migrations/sqlite").run(&write).await?;
+    super::SQLITE_MIGRATIONS.run(&write).await?;
     let checkpointer = options.clone().connect().await?;
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
