@@ -59,8 +59,8 @@ cargo test --locked --workspace
 passed
 
 step "rust: the conformance suite on PostgreSQL"
-EVENTHUB_TEST_BACKEND=postgres cargo test --locked \
-    --test api --test access --test bad_input --test concurrency --test crash
+EVENTHUB_TEST_BACKEND=postgres cargo test --locked --test it -- \
+    access:: api:: bad_input:: concurrency:: crash::
 passed
 
 export EVENTHUB_BIN="$PWD/target/debug/eventhub"

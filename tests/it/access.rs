@@ -1,9 +1,7 @@
 //! Bearer tokens (`eventhub serve --tokens FILE`): who may call, and what
 //! each token may do to which topics.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use eventhub::access::Tokens;
 use eventhub::proto::{self, ReadPartitionRequest};
 use std::sync::Arc;

@@ -1,12 +1,10 @@
 //! PostgreSQL is stopped and restarted under a running hub: calls fail with
 //! UNAVAILABLE meanwhile, and the hub serves again afterwards without a
 //! restart. Needs the throwaway cluster of `scripts/with-postgres.sh`
-//! (`EVENTHUB_TEST_POSTGRES_CTL`); alone in its test binary, since it takes
-//! the server away.
+//! (`EVENTHUB_TEST_POSTGRES_CTL`). It takes the server away, so it waits
+//! until no other test uses it, and keeps them off it meanwhile.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use eventhub::proto::{self, ReadPartitionRequest};
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
@@ -35,7 +33,8 @@ async fn postgres_restart_under_a_running_hub() {
         eprintln!("skipped: the server is not the throwaway cluster of scripts/with-postgres.sh");
         return;
     }
-    let url = fresh_postgres_database(&server).await;
+    let _alone = postgres_server_alone().await;
+    let url = create_postgres_database(&server).await;
     let hub = spawn_process(&url, 1).await;
     let mut client = hub.client.clone();
     append(&mut client, "r", vec![ev("k", "T", "before")]).await;

@@ -4,9 +4,7 @@
 //! `scripts/with-postgres.sh` (skipped otherwise, unless
 //! `EVENTHUB_TEST_REQUIRE_POSTGRES` is set).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use eventhub::proto::{AppendEvent, AppendRequest, Event, ExpectedVersion};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::SeqCst};
@@ -16,12 +14,12 @@ use tokio_stream::StreamExt;
 use tonic::{Code, Streaming};
 
 /// Two hub processes on one fresh database.
-async fn two_hubs(partitions: u32) -> Option<(HubProcess, HubProcess, String)> {
+async fn two_hubs(partitions: u32) -> Option<(HubProcess, HubProcess, PostgresDatabase)> {
     let server = postgres_server()?;
-    let url = fresh_postgres_database(&server).await;
-    let a = spawn_process(&url, partitions).await;
-    let b = spawn_process(&url, partitions).await;
-    Some((a, b, url))
+    let database = fresh_postgres_database(&server).await;
+    let a = spawn_process(&database.url, partitions).await;
+    let b = spawn_process(&database.url, partitions).await;
+    Some((a, b, database))
 }
 
 /// The next event of a followed stream, skipping heartbeats.
@@ -220,14 +218,15 @@ async fn invalidation_by_another_process_reaches_followed_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_connection_loss_is_recovered() {
     use sqlx::Connection;
-    let Some((a, b, url)) = two_hubs(1).await else {
+    let Some((a, b, database)) = two_hubs(1).await else {
         return;
     };
+    let url = &database.url;
     append(&mut a.client.clone(), "x", vec![ev("k", "T", "0")]).await;
     let mut stream = follow(&b.client, "x", 0).await;
     let mut buffered = Default::default();
     next_event(&mut stream, &mut buffered).await;
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
     for round in 1..=3u32 {
         let (killed,): (i64,) = sqlx::query_as(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -262,14 +261,15 @@ async fn a_commit_elsewhere_is_never_overwritten() {
     let Some(server) = postgres_server() else {
         return;
     };
-    let url = fresh_postgres_database(&server).await;
-    let mut hub = spawn_process(&url, 1).await;
+    let database = fresh_postgres_database(&server).await;
+    let url = &database.url;
+    let mut hub = spawn_process(url, 1).await;
     let first = append(&mut hub.client, "g", vec![ev("k", "T", "1")]).await;
     let second = append(&mut hub.client, "g", vec![ev("k", "T", "2")]).await;
     assert_eq!(second.transaction_id, first.transaction_id + 1);
     assert_eq!(second.results[0].key_version, 2);
 
-    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut db = sqlx::PgConnection::connect(url).await.unwrap();
     sqlx::raw_sql(
         "UPDATE topics SET last_transaction_id = last_transaction_id + 1 WHERE name = 'g'; \
          UPDATE keys SET version = version + 5 WHERE key = 'k'",
@@ -412,8 +412,9 @@ async fn an_append_whose_commit_loses_the_connection_is_answered_truthfully() {
     let Some(server) = postgres_server() else {
         return;
     };
-    let url = fresh_postgres_database(&server).await;
-    let (proxied, next_commit) = commit_cutter(&url).await;
+    let database = fresh_postgres_database(&server).await;
+    let url = &database.url;
+    let (proxied, next_commit) = commit_cutter(url).await;
     let hub = spawn_hub_with(|c| {
         c.database_url = proxied;
         c.default_partitions = 1;

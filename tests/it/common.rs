@@ -31,6 +31,7 @@ pub struct TestHub {
     pub dir: tempfile::TempDir,
     /// The hub's database, for tests that reach into it.
     pub database_url: String,
+    _postgres_in_use: Option<PostgresInUse>,
 }
 
 pub async fn spawn_hub() -> TestHub {
@@ -64,8 +65,38 @@ pub fn postgres_server() -> Option<String> {
     }
 }
 
+/// The PostgreSQL test server is shared by every test that uses it and taken
+/// away (stopped, then started) by `postgres_restart`, which runs in the same
+/// binary: a test holds the read side while it uses the server, the restart
+/// the write side.
+static POSTGRES_IN_USE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// While this lives, the PostgreSQL test server stays up.
+pub type PostgresInUse = tokio::sync::RwLockReadGuard<'static, ()>;
+
+/// A fresh database on the PostgreSQL test server, which stays up while this lives.
+pub struct PostgresDatabase {
+    pub url: String,
+    _in_use: PostgresInUse,
+}
+
+/// A new, empty database on the test server, kept up while the result lives.
+pub async fn fresh_postgres_database(server: &str) -> PostgresDatabase {
+    let in_use = POSTGRES_IN_USE.read().await;
+    PostgresDatabase {
+        url: create_postgres_database(server).await,
+        _in_use: in_use,
+    }
+}
+
+/// Waits until no other test uses the PostgreSQL test server, and keeps them
+/// off it while the result lives, so that the server can be stopped.
+pub async fn postgres_server_alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    POSTGRES_IN_USE.write().await
+}
+
 /// A new, empty database on the test server; returns its URL.
-pub async fn fresh_postgres_database(server: &str) -> String {
+pub async fn create_postgres_database(server: &str) -> String {
     use sqlx::Connection;
     static N: AtomicUsize = AtomicUsize::new(0);
     let name = format!(
@@ -96,20 +127,23 @@ pub async fn fresh_postgres_database(server: &str) -> String {
     url.to_string()
 }
 
-/// A URL for a fresh database of the backend under test; SQLite files go in `dir`.
-pub async fn fresh_database_url(dir: &std::path::Path) -> String {
+/// A URL for a fresh database of the backend under test (SQLite files go in
+/// `dir`), and for PostgreSQL what keeps the server up while it is used.
+pub async fn fresh_database_url(dir: &std::path::Path) -> (String, Option<PostgresInUse>) {
     if on_postgres() {
         let server = std::env::var("EVENTHUB_TEST_POSTGRES_URL")
             .expect("EVENTHUB_TEST_BACKEND=postgres needs EVENTHUB_TEST_POSTGRES_URL");
-        fresh_postgres_database(&server).await
+        let database = fresh_postgres_database(&server).await;
+        (database.url, Some(database._in_use))
     } else {
-        format!("sqlite://{}", dir.join("hub.db").display())
+        (format!("sqlite://{}", dir.join("hub.db").display()), None)
     }
 }
 
 pub async fn spawn_hub_with(configure: impl FnOnce(&mut Config)) -> TestHub {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(fresh_database_url(dir.path()).await);
+    let (url, postgres_in_use) = fresh_database_url(dir.path()).await;
+    let mut config = Config::new(url);
     config.default_partitions = 4;
     configure(&mut config);
     let database_url = config.database_url.clone();
@@ -127,6 +161,7 @@ pub async fn spawn_hub_with(configure: impl FnOnce(&mut Config)) -> TestHub {
         task: Some(task),
         dir,
         database_url,
+        _postgres_in_use: postgres_in_use,
     }
 }
 

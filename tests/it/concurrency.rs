@@ -1,9 +1,7 @@
 //! Many producers, one follower per partition: every acknowledged event is
 //! seen exactly once, in order, with no gap.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const APPENDERS: usize = 8;
 const APPENDS_EACH: usize = 60;

@@ -1,8 +1,6 @@
 //! The core API over real gRPC against a real SQLite database.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use eventhub::cursor::Start;
 use eventhub::proto::{
     self, AppendEvent, AppendOutcome, ExpectedVersion, ReadPartitionRequest, SurfaceRequest,

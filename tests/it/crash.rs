@@ -2,9 +2,7 @@
 //! the same database: every acknowledged event is there, no transaction is
 //! half there.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, HashSet};
 use tokio::process::Child;
 
@@ -17,7 +15,7 @@ async fn start(db: &str) -> (Child, Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_during_appends_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_database_url(dir.path()).await;
+    let (db, _postgres_in_use) = fresh_database_url(dir.path()).await;
     let mut acked: HashSet<String> = HashSet::new();
     for round in 0..3 {
         let (mut child, client) = start(&db).await;

@@ -1,8 +1,6 @@
 //! Bad input gets the right gRPC code and a clear message, and changes nothing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use eventhub::proto::{self, AppendRequest, ReadPartitionRequest};
 use futures::future::BoxFuture;
 use tokio_stream::StreamExt;
