@@ -225,6 +225,13 @@ internal static class ClientTestKit
             }
         }
 
+        /// <summary>The <see cref="Consumer"/>'s entries at <paramref name="level"/> so far.</summary>
+        public List<LogEntry> Consumer(LogLevel level) =>
+            Entries.Where(e => e.Category == typeof(Consumer).FullName && e.Level == level).ToList();
+
+        /// <summary>Every entry so far, a line each, for failure messages.</summary>
+        public string Dump() => string.Join("\n", Entries.Select(e => $"{e.Level} {e.Category}[{e.EventId.Id}] {e.Message}"));
+
         /// <summary>The client's own entries (not the gRPC library's) so far.</summary>
         public IReadOnlyList<LogEntry> ClientEntries => Entries.Where(e => e.Category == ClientCategory).ToArray();
 

@@ -38,7 +38,7 @@ public sealed class ConnectionTests(ITestOutputHelper output)
 
         await using var hub = await Hub.StartAsync();
         await using var proxy = BlackholeProxy.Start(hub.Target);
-        var log = new RecordingLoggerProvider();
+        var log = new ClientTestKit.LogRecorder();
         using var loggers = LoggerFactory.Create(b => b.AddProvider(log).SetMinimumLevel(LogLevel.Debug));
         await using var direct = new EventHubClient(hub.Address);
         // The client's defaults but for its logger: no HttpMessageHandlerFactory, so the channel
@@ -81,7 +81,7 @@ public sealed class ConnectionTests(ITestOutputHelper output)
 
         string Diagnostics() =>
             $"after {clock.Elapsed}; follow: {(following.IsFaulted ? following.Exception!.InnerException : following.Status)}\n" +
-            $"proxy: {proxy.Describe()}\nlog (last 60):\n{string.Join("\n", log.Records.TakeLast(60).Select(r => $"{r.Level} {r.Category}[{r.EventId.Id}] {r.Message}"))}";
+            $"proxy: {proxy.Describe()}\nlog (last 60):\n{string.Join("\n", log.Entries.TakeLast(60).Select(r => $"{r.Level} {r.Category}[{r.EventId.Id}] {r.Message}"))}";
         async Task UntilBothGotAsync(string payload, TimeSpan timeout)
         {
             await Wait.UntilAsync(
@@ -114,7 +114,7 @@ public sealed class ConnectionTests(ITestOutputHelper output)
         var silence = $"no page or heartbeat for {(3 * heartbeat).TotalSeconds:0.###}s";
         await Wait.UntilAsync(
             () => log.Consumer(LogLevel.Debug).Any(r => r.Message.Contains(silence, StringComparison.Ordinal)) &&
-                log.Records.Any(r => r.Category == ClientTestKit.LogRecorder.ClientCategory && r.Level == LogLevel.Warning && r.Message.Contains(silence, StringComparison.Ordinal)),
+                log.Entries.Any(r => r.Category == ClientTestKit.LogRecorder.ClientCategory && r.Level == LogLevel.Warning && r.Message.Contains(silence, StringComparison.Ordinal)),
             "the consumer and the follow stream to notice the silence",
             TimeSpan.FromSeconds(10),
             running.Task,
@@ -141,7 +141,7 @@ public sealed class ConnectionTests(ITestOutputHelper output)
         Assert.Equal(["before", "after"], consumed);
         Assert.Equal(["before", "after"], followed);
         Assert.Equal(4, Assert.Single(log.Consumer(LogLevel.Information)).EventId.Id);
-        Assert.Contains(log.Records, r => r.Category == ClientTestKit.LogRecorder.ClientCategory && r.Level == LogLevel.Information && r.Message.Contains("reading again", StringComparison.Ordinal));
+        Assert.Contains(log.Entries, r => r.Category == ClientTestKit.LogRecorder.ClientCategory && r.Level == LogLevel.Information && r.Message.Contains("reading again", StringComparison.Ordinal));
     }
 }
 

@@ -11,7 +11,7 @@ public sealed class ConsumerOutageTests
     /// <summary>Retries without end (the consumer's default), but quicker.</summary>
     private static readonly RetryPolicy FastForever = RetryPolicy.Forever with { InitialBackoff = TimeSpan.FromMilliseconds(20), MaxBackoff = TimeSpan.FromMilliseconds(250) };
 
-    private static ILoggerFactory Loggers(RecordingLoggerProvider log) =>
+    private static ILoggerFactory Loggers(ClientTestKit.LogRecorder log) =>
         LoggerFactory.Create(logging => logging.AddProvider(log).SetMinimumLevel(LogLevel.Trace));
 
     private static async Task AssertExactlyOnceAsync(SqliteProjection db, int events)
@@ -32,7 +32,7 @@ public sealed class ConsumerOutageTests
         var hub = await Hub.StartAsync();
         try
         {
-            var log = new RecordingLoggerProvider();
+            var log = new ClientTestKit.LogRecorder();
             using var loggers = Loggers(log);
             await using var client = new EventHubClient(hub.Address);
             await client.CreateTopicAsync(Topic, 3);
@@ -66,7 +66,7 @@ public sealed class ConsumerOutageTests
             var back = Assert.Single(log.Consumer(LogLevel.Information));
             Assert.Equal(4, back.EventId.Id);
             Assert.Contains("is reading again", back.Message, StringComparison.Ordinal);
-            Assert.DoesNotContain(log.Records, r => r.Level >= LogLevel.Error);
+            Assert.DoesNotContain(log.Entries, r => r.Level >= LogLevel.Error);
         }
         finally
         {
@@ -88,7 +88,7 @@ public sealed class ConsumerOutageTests
         var hub = await Hub.StartAsync();
         try
         {
-            var log = new RecordingLoggerProvider();
+            var log = new ClientTestKit.LogRecorder();
             using var loggers = Loggers(log);
             await using var client = new EventHubClient(new EventHubClientSettings { Address = hub.Address, LoggerFactory = loggers });
             await client.CreateTopicAsync(Topic, 2);
@@ -132,7 +132,7 @@ public sealed class ConsumerOutageTests
     public async Task Bounded_retry_policy_gives_up_with_UnavailableException()
     {
         await using var hub = await Hub.StartAsync();
-        var log = new RecordingLoggerProvider();
+        var log = new ClientTestKit.LogRecorder();
         using var loggers = Loggers(log);
         await using var client = new EventHubClient(new EventHubClientSettings { Address = hub.Address, LoggerFactory = loggers });
         await client.CreateTopicAsync(Topic, 2);
@@ -173,7 +173,7 @@ public sealed class ConsumerOutageTests
     public async Task Cancelling_interrupts_the_backoff()
     {
         await using var hub = await Hub.StartAsync();
-        var log = new RecordingLoggerProvider();
+        var log = new ClientTestKit.LogRecorder();
         using var loggers = Loggers(log);
         await using var client = new EventHubClient(hub.Address);
         await client.CreateTopicAsync(Topic, 1);

@@ -248,40 +248,6 @@ internal static class Produce
     public static IEnumerable<string> Keys(int start, int count) => Enumerable.Range(start, count).Select(i => $"k{i}");
 }
 
-/// <summary>A log record of <see cref="RecordingLoggerProvider"/>.</summary>
-internal sealed record LogRecord(string Category, LogLevel Level, EventId EventId, string Message);
-
-/// <summary>Keeps every log record, for the tests to count.</summary>
-internal sealed class RecordingLoggerProvider : ILoggerProvider
-{
-    private readonly ConcurrentQueue<LogRecord> _records = new();
-
-    public IReadOnlyList<LogRecord> Records => [.. _records];
-
-    /// <summary>The records of the <see cref="Consumer"/>'s category at <paramref name="level"/>.</summary>
-    public List<LogRecord> Consumer(LogLevel level) =>
-        Records.Where(r => r.Category == typeof(Consumer).FullName && r.Level == level).ToList();
-
-    public string Dump() => string.Join("\n", Records.Select(r => $"{r.Level} {r.Category}[{r.EventId.Id}] {r.Message}"));
-
-    public ILogger CreateLogger(string categoryName) => new Recorder(this, categoryName);
-
-    public void Dispose()
-    {
-    }
-
-    private sealed class Recorder(RecordingLoggerProvider provider, string category) : ILogger
-    {
-        public IDisposable? BeginScope<TState>(TState state)
-            where TState : notnull => null;
-
-        public bool IsEnabled(LogLevel logLevel) => true;
-
-        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
-            provider._records.Enqueue(new LogRecord(category, logLevel, eventId, formatter(state, exception)));
-    }
-}
-
 /// <summary>The PostgreSQL server of <c>EVENTHUB_TEST_POSTGRES_DSN</c>, a URL such as
 /// <c>postgres://user@127.0.0.1:5432/postgres</c>.</summary>
 internal static class Postgres
