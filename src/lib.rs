@@ -21,7 +21,8 @@
 //!   `store/pg_copy.rs`).
 //! - [`service`]: the gRPC handlers of `EventHubService`.
 //! - [`server`]: [`server::run`] wires store, service, health and reflection onto a listener, and
-//!   closes the store (every database connection) at shutdown.
+//!   closes the store (every database connection) at shutdown; its connections can be ended
+//!   from outside, so that none that stays silent or stuck holds shutting down up.
 //! - `main.rs`: the `eventhub` command line (`eventhub serve`).
 //!
 //! The benchmark is a package of its own, `bench/` (`eventhub-bench`), built on this library's

@@ -185,6 +185,20 @@ impl TestHub {
         self.task.take().unwrap().await.unwrap().unwrap();
     }
 
+    /// Stops the hub, then lists the files left in its directory (on SQLite,
+    /// only `hub.db` once the store has closed every connection; a `-wal` or
+    /// `-shm` file means it gave up waiting for one).
+    pub async fn stop_and_list_files(mut self) -> Vec<String> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+        let mut files: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        files
+    }
+
     pub async fn append(&self, topic: &str, events: Vec<AppendEvent>) -> AppendResponse {
         append(&mut self.client(), topic, events).await
     }

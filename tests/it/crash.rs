@@ -208,9 +208,46 @@ async fn a_client_that_stops_reading_does_not_hold_up_shutdown() {
         .into_inner();
     let first = stream.message().await.unwrap().expect("a first page");
     assert!(!first.events.is_empty());
-    tokio::time::timeout(std::time::Duration::from_secs(60), hub.stop())
-        .await
-        .expect("the hub stops after its grace period");
+    let files = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        hub.stop_and_list_files(),
+    )
+    .await
+    .expect("the hub stops after its grace period");
+    if !on_postgres() {
+        // The stalled connection was closed, and with it went its hold on
+        // the store, which then closed every database connection.
+        assert_eq!(files, ["hub.db"]);
+    }
+}
+
+/// A connection that never sends a request (a TCP health probe, a client
+/// that connected and went quiet) does not hold up shutting down: it is
+/// closed at once instead of after the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_requests_does_not_hold_up_shutdown() {
+    let hub = spawn_hub_with(|c| c.shutdown_grace = std::time::Duration::from_secs(3600)).await;
+    hub.append("probed", vec![ev("k", "T", "x")]).await;
+    let mut probe = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let files = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        hub.stop_and_list_files(),
+    )
+    .await
+    .expect("the hub stops long before its grace period of an hour");
+    if !on_postgres() {
+        assert_eq!(files, ["hub.db"]);
+    }
+    // The hub closed the probe's connection: after the server's own HTTP/2
+    // preface, it reads the end of the stream.
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut probe, &mut received),
+    )
+    .await
+    .expect("the connection is closed");
+    assert!(read.is_ok(), "{read:?}");
 }
 
 /// A second hub process on the same SQLite file is refused at start-up,
