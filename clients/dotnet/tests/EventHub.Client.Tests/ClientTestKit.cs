@@ -197,6 +197,31 @@ internal static class ClientTestKit
         }
     }
 
+    /// <summary>A client of a hub that logs into a <see cref="LogRecorder"/> of its own, at Debug, so
+    /// that the gRPC library's "StartingCall" entries count the tries.</summary>
+    public sealed class RecordedClient : IAsyncDisposable
+    {
+        private readonly ILoggerFactory _loggers;
+
+        public RecordedClient(string address, RetryPolicy? retry = null)
+        {
+            var log = new LogRecorder();
+            _loggers = LoggerFactory.Create(b => b.AddProvider(log).SetMinimumLevel(LogLevel.Debug));
+            Log = log;
+            Client = new EventHubClient(new EventHubClientSettings { Address = address, LoggerFactory = _loggers, Retry = retry ?? RetryPolicy.Default });
+        }
+
+        public LogRecorder Log { get; }
+
+        public EventHubClient Client { get; }
+
+        public async ValueTask DisposeAsync()
+        {
+            await Client.DisposeAsync();
+            _loggers.Dispose();
+        }
+    }
+
     /// <summary>One log entry.</summary>
     public sealed record LogEntry(string Category, LogLevel Level, EventId EventId, string Message)
     {

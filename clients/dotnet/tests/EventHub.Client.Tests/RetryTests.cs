@@ -25,9 +25,8 @@ public sealed class RetryTests
         using var cts = Deadline();
         var ct = cts.Token;
         await using var hub = await Hub.StartAsync();
-        var log = new LogRecorder();
-        using var loggers = LoggerFactory.Create(b => b.AddProvider(log).SetMinimumLevel(LogLevel.Debug));
-        await using var client = new EventHubClient(new EventHubClientSettings { Address = hub.Address, LoggerFactory = loggers, Retry = Patient });
+        await using var recorded = new RecordedClient(hub.Address, Patient);
+        var (log, client) = (recorded.Log, recorded.Client);
         var topic = Names.Topic("restart");
         await client.CreateTopicAsync(topic, 1, ct);
 
@@ -65,10 +64,9 @@ public sealed class RetryTests
         using var cts = Deadline();
         var ct = cts.Token;
         await using var hub = await Hub.StartAsync();
-        var log = new LogRecorder();
-        using var loggers = LoggerFactory.Create(b => b.AddProvider(log).SetMinimumLevel(LogLevel.Debug));
         // The default retry policy: up to 8 tries for what may be retried.
-        await using var client = new EventHubClient(new EventHubClientSettings { Address = hub.Address, LoggerFactory = loggers });
+        await using var recorded = new RecordedClient(hub.Address);
+        var (log, client) = (recorded.Log, recorded.Client);
         Assert.Equal(RetryPolicy.Default, client.Settings.Retry);
         var topic = Names.Topic("noretry");
         await client.AppendAsync(topic, Ev("k"), cancellationToken: ct);
@@ -100,9 +98,8 @@ public sealed class RetryTests
         using var cts = Deadline();
         var ct = cts.Token;
         await using var hub = await Hub.StartAsync();
-        var log = new LogRecorder();
-        using var loggers = LoggerFactory.Create(b => b.AddProvider(log).SetMinimumLevel(LogLevel.Debug));
-        await using var client = new EventHubClient(new EventHubClientSettings { Address = hub.Address, LoggerFactory = loggers, Retry = Patient });
+        await using var recorded = new RecordedClient(hub.Address, Patient);
+        var (log, client) = (recorded.Log, recorded.Client);
         var topic = Names.Topic("follow");
         await client.CreateTopicAsync(topic, 1, ct);
         await client.AppendAsync(topic, Enumerable.Range(1, 5).Select(Numbered), cancellationToken: ct);
@@ -143,9 +140,8 @@ public sealed class RetryTests
         // Pages of 512 KiB, 24 MiB in all: more than HTTP/2 buffers for a reader that pauses, so the
         // hub is still sending when it shuts down.
         await using var hub = await Hub.StartAsync(extra: ["--shutdown-grace", "1"]);
-        var log = new LogRecorder();
-        using var loggers = LoggerFactory.Create(b => b.AddProvider(log));
-        await using var client = new EventHubClient(new EventHubClientSettings { Address = hub.Address, LoggerFactory = loggers, Retry = Patient });
+        await using var recorded = new RecordedClient(hub.Address, Patient);
+        var (log, client) = (recorded.Log, recorded.Client);
         var topic = Names.Topic("read");
         await client.CreateTopicAsync(topic, 1, ct);
         const int Count = 48;
@@ -186,9 +182,8 @@ public sealed class RetryTests
         using var cts = Deadline();
         var ct = cts.Token;
         await using var hub = await Hub.StartAsync();
-        var log = new LogRecorder();
-        using var loggers = LoggerFactory.Create(b => b.AddProvider(log));
-        await using var client = new EventHubClient(new EventHubClientSettings { Address = hub.Address, LoggerFactory = loggers });
+        await using var recorded = new RecordedClient(hub.Address);
+        var (log, client) = (recorded.Log, recorded.Client);
         var topic = Names.Topic("silent");
         await client.CreateTopicAsync(topic, 1, ct);
         var first = (await client.AppendAsync(topic, Numbered(1), cancellationToken: ct)).Results[0];
