@@ -80,6 +80,39 @@ impl HubError {
         }
     }
 
+    /// Whether a failed write lost its connection, rather than hearing the
+    /// database refuse it (then it rolled back).
+    pub fn lost_connection(&self) -> bool {
+        self.is_unavailable() && !matches!(self, HubError::Storage(sqlx::Error::Database(_)))
+    }
+
+    /// Whether PostgreSQL answered that it ended the session (shutting down,
+    /// restarting after a crash, or an idle session timing out): the
+    /// backend is gone, so nothing it had not committed will be.
+    pub fn session_ended(&self) -> bool {
+        matches!(
+            self.database_code().as_deref(),
+            Some("57P01" | "57P02" | "57P05")
+        )
+    }
+
+    /// Whether a failed COMMIT may have stored the transaction all the
+    /// same: SQLite wrote it to the WAL and then failed to fsync it
+    /// (`SQLITE_IOERR_FSYNC`, `SQLITE_IOERR_DIR_FSYNC`). That process no
+    /// longer sees it and writes over it, but after a crash the frames may
+    /// be recovered.
+    pub fn maybe_synced(&self) -> bool {
+        matches!(self.database_code().as_deref(), Some("1034" | "1290"))
+    }
+
+    /// The code the database answered with, if it answered.
+    fn database_code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            HubError::Storage(sqlx::Error::Database(db)) => db.code(),
+            _ => None,
+        }
+    }
+
     fn storage_unavailable(err: &sqlx::Error) -> bool {
         match err {
             sqlx::Error::Io(_)

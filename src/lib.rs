@@ -12,13 +12,15 @@
 //! - [`error`]: [`error::HubError`], the one error type, and its mapping to gRPC statuses.
 //! - [`validate`]: checks at the edge (topic names, events, keys) and the partition hash.
 //! - [`cursor`]: encoding and checking cursors.
-//! - [`store`]: storage: topic registry (heads, and the latest events of followed partitions),
-//!   reads, and the group-committing writer task,
-//!   written once in `store/backend/` and compiled for SQLite (`store/sqlite.rs`, with a background WAL checkpointer;
-//!   long partition reads stepped through SQLite's API with `rusqlite` in `store/sqlite_rows.rs`)
-//!   and PostgreSQL (`store/postgres.rs`, with the writer on a thread of its own and LISTEN/NOTIFY
-//!   between hub processes; long partition reads go through binary `COPY`, parsed in
-//!   `store/pg_copy.rs`).
+//! - [`store`]: storage. `Store` is the handle the service uses; `store::registry` keeps the
+//!   topics, their heads (readers wait on them) and tails; `store::storage` is the contract with
+//!   a database, three traits: each backend writes its `Dialect` (`store/sqlite/`, with a
+//!   background WAL checkpointer and long reads stepped through SQLite's API with `rusqlite`;
+//!   `store/postgres/`, with the writer on a thread of its own, LISTEN/NOTIFY between hub
+//!   processes and long reads through binary `COPY`), and every other statement is written once
+//!   for both (`store/reads.rs`, `store/writer/sql.rs`). `store::writer` is the group-committing
+//!   writer task: pure planning rules (`plan`), the key cache, the one commit pipeline whose
+//!   guard type is the only way to publish a commit to readers (`commit`), invalidation.
 //! - [`service`]: the gRPC handlers of `EventHubService`.
 //! - [`server`]: [`server::run`] wires store, service, health and reflection onto a listener, and
 //!   closes the store (every database connection) at shutdown; its connections can be ended

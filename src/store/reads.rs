@@ -1,25 +1,41 @@
-// Reads, compiled once per backend: `super` is `store::sqlite` or
-// `store::postgres`, which names the backend's sqlx types (`Db`, `DbRow`).
-// The SQL uses `$N` placeholders, which both backends accept.
+//! Every read of the store ([`ReadStorage`]), written once for every
+//! [`Dialect`] whose database decodes the schema's types; events decode in
+//! one place ([`event_from_row`]).
 
-use super::{Db, DbRow};
+use super::storage::{Dialect, EVENT_COLUMNS, ReadStorage};
+use super::{EventRow, PAGE_BYTES, Registry, Snapshot, TopicRow, TopicState, adopt};
 use crate::error::{HubError, Result};
-use crate::store::{EventRow, PAGE_BYTES, Registry, Snapshot, TopicRow, TopicState, adopt};
 use crate::validate::Content;
 use futures::TryStreamExt;
-use sqlx::{Pool, Row};
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Row, Type,
+};
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
-pub(crate) const EVENT_COLUMNS: &str = "e.partition, e.sequence, e.transaction_id, e.key, e.key_version, e.event_id, \
-     e.event_type, e.content_type, e.headers, e.payload, e.tombstone, e.committed_at_ms, e.invalidates";
+/// [`EVENT_COLUMNS`] of the events table `e`, for queries that join.
+pub(crate) static E_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    EVENT_COLUMNS
+        .split(", ")
+        .map(|c| format!("e.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+});
 
-/// The event in the `EVENT_COLUMNS` of `row`, which start at column
+/// The event in the [`EVENT_COLUMNS`] of `row`, which start at column
 /// `first`. This is the path of every event read, so columns are taken by
 /// position (by name, each would cost a lookup) and without checking their
 /// declared types against the Rust ones, which the schema fixes: without
 /// the checks a catch-up read on PostgreSQL went from 0.60–0.63M to
 /// 0.65–0.71M events/s. A value that does not decode is still an error.
-pub(crate) fn event_from_row(row: &DbRow, first: usize) -> Result<EventRow> {
+pub(crate) fn event_from_row<R: Row>(row: &R, first: usize) -> Result<EventRow>
+where
+    usize: ColumnIndex<R>,
+    i64: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+    bool: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+    String: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+    Vec<u8>: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+{
     let c = |i: usize| first + i;
     Ok(EventRow {
         partition: row.try_get_unchecked::<i64, _>(c(0))? as u32,
@@ -42,29 +58,14 @@ pub(crate) fn event_from_row(row: &DbRow, first: usize) -> Result<EventRow> {
     })
 }
 
-/// The events of `rows` (of `EVENT_COLUMNS`), decoded as they arrive while
-/// the database sends the rest, up to the first that takes the page past
-/// [`PAGE_BYTES`]: a page of large events is never loaded whole.
-async fn page(
-    mut rows: impl futures::Stream<Item = std::result::Result<DbRow, sqlx::Error>> + Unpin,
-    limit: usize,
-) -> Result<Vec<EventRow>> {
-    let mut events = Vec::with_capacity(limit.min(1024));
-    let mut bytes = 0;
-    while let Some(row) = rows.try_next().await? {
-        let event = event_from_row(&row, 0)?;
-        bytes += event.size();
-        events.push(event);
-        if bytes > PAGE_BYTES {
-            break;
-        }
-    }
-    Ok(events)
-}
-
-/// Topic rows with their heads, from `SELECT` rows of `TOPIC_COLUMNS`
-/// ordered by topic, then partition.
-pub(crate) fn topic_rows(rows: &[DbRow]) -> Result<Vec<TopicRow>> {
+/// Topic rows with their heads, from rows of [`TOPIC_SELECT`] ordered by
+/// topic, then partition.
+pub(crate) fn topic_rows<R: Row>(rows: &[R]) -> Result<Vec<TopicRow>>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+    i64: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+    String: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+{
     let mut out: Vec<TopicRow> = Vec::new();
     for row in rows {
         let id: i64 = row.try_get("topic_id")?;
@@ -87,34 +88,69 @@ pub(crate) fn topic_rows(rows: &[DbRow]) -> Result<Vec<TopicRow>> {
     Ok(out)
 }
 
+/// The events of `rows` (of [`EVENT_COLUMNS`]), decoded as they arrive
+/// while the database sends the rest, up to the first that takes the page
+/// past [`PAGE_BYTES`]: a page of large events is never loaded whole.
+async fn page<R: Row>(
+    mut rows: impl futures::Stream<Item = std::result::Result<R, sqlx::Error>> + Unpin,
+    limit: usize,
+) -> Result<Vec<EventRow>>
+where
+    usize: ColumnIndex<R>,
+    i64: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+    bool: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+    String: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+    Vec<u8>: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+{
+    let mut events = Vec::with_capacity(limit.min(1024));
+    let mut bytes = 0;
+    while let Some(row) = rows.try_next().await? {
+        let event = event_from_row(&row, 0)?;
+        bytes += event.size();
+        events.push(event);
+        if bytes > PAGE_BYTES {
+            break;
+        }
+    }
+    Ok(events)
+}
+
 /// A topic joined to its partitions, in one statement (one snapshot).
 pub(crate) const TOPIC_SELECT: &str = "SELECT t.topic_id, t.name, t.partition_count, t.created_at_ms, \
      t.last_transaction_id, p.partition, p.head_sequence \
      FROM topics t JOIN partitions p ON p.topic_id = t.topic_id";
 
-/// Reads on the backend's connection pool.
-#[derive(Clone)]
-pub(crate) struct Reads {
-    pub(crate) pool: Pool<Db>,
-}
-
-impl Reads {
+impl<D: Dialect> ReadStorage for D
+where
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+    for<'c> &'c Pool<D::Db>: Executor<'c, Database = D::Db>,
+    for<'q> <D::Db as Database>::Arguments<'q>: IntoArguments<'q, D::Db>,
+    usize: ColumnIndex<<D::Db as Database>::Row>,
+    for<'a> &'a str: ColumnIndex<<D::Db as Database>::Row>,
+    i64: Type<D::Db> + for<'q> Encode<'q, D::Db> + for<'r> Decode<'r, D::Db>,
+    bool: Type<D::Db> + for<'q> Encode<'q, D::Db> + for<'r> Decode<'r, D::Db>,
+    String: Type<D::Db> + for<'q> Encode<'q, D::Db> + for<'r> Decode<'r, D::Db>,
+    for<'s> &'s str: Type<D::Db> + Encode<'s, D::Db>,
+    Vec<u8>: Type<D::Db> + for<'r> Decode<'r, D::Db>,
+    (i64,): for<'r> FromRow<'r, <D::Db as Database>::Row>,
+    (String,): for<'r> FromRow<'r, <D::Db as Database>::Row>,
+{
     /// The stored topic named `name`, with its heads.
-    pub(crate) async fn topic_row(&self, name: &str) -> Result<Option<TopicRow>> {
+    async fn topic_row(&self, name: &str) -> Result<Option<TopicRow>> {
         let rows = sqlx::query(&format!(
             "{TOPIC_SELECT} WHERE t.name = $1 ORDER BY p.partition"
         ))
         .bind(name)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         Ok(topic_rows(&rows)?.pop())
     }
 
     /// Loads every stored topic into the registry, advancing the heads of
     /// those already there.
-    pub(crate) async fn adopt_all(&self, topics: &Registry) -> Result<()> {
+    async fn adopt_all(&self, topics: &Registry) -> Result<()> {
         let rows = sqlx::query(&format!("{TOPIC_SELECT} ORDER BY t.topic_id, p.partition"))
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await?;
         for row in topic_rows(&rows)? {
             adopt(topics, &row);
@@ -123,12 +159,7 @@ impl Reads {
     }
 
     /// Names of topics starting with `prefix` and sorting after `after`.
-    pub(crate) async fn topic_names(
-        &self,
-        prefix: &str,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<String>> {
+    async fn topic_names(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT name FROM topics WHERE substr(name, 1, length($1)) = $1 AND name > $2 \
              ORDER BY name LIMIT $3",
@@ -136,17 +167,17 @@ impl Reads {
         .bind(prefix)
         .bind(after)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         Ok(rows.into_iter().map(|(n,)| n).collect())
     }
 
     /// Closes the pool's connections, waiting for those in use.
-    pub(crate) async fn close(&self) {
-        crate::store::close_pool(&self.pool).await;
+    async fn close(&self) {
+        crate::store::close_pool(self.pool()).await;
     }
 
-    pub(crate) async fn read_partition(
+    async fn read_partition(
         &self,
         topic: &TopicState,
         partition: u32,
@@ -155,13 +186,15 @@ impl Reads {
         limit: usize,
         types: &[String],
     ) -> Result<Vec<EventRow>> {
-        if let Some(events) =
-            super::bulk_read(&self.pool, topic.id, partition, after, upto, limit, types).await?
+        if let Some(events) = self
+            .bulk_read(topic.id, partition, after, upto, limit, types)
+            .await?
         {
             return Ok(events);
         }
+        let cols = E_COLUMNS.as_str();
         let mut sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.topic_id = $1 AND e.partition = $2 \
+            "SELECT {cols} FROM events e WHERE e.topic_id = $1 AND e.partition = $2 \
              AND e.sequence > $3 AND e.sequence <= $4"
         );
         if !types.is_empty() {
@@ -176,22 +209,22 @@ impl Reads {
             .bind(upto as i64)
             .bind(limit as i64);
         for t in types {
-            q = q.bind(t);
+            q = q.bind(t.as_str());
         }
-        page(q.fetch(&self.pool), limit).await
+        page(q.fetch(self.pool()), limit).await
     }
 
     /// Whether any transaction of the topic is invalidated.
-    pub(crate) async fn has_invalidations(&self, topic: &TopicState) -> Result<bool> {
+    async fn has_invalidations(&self, topic: &TopicState) -> Result<bool> {
         let row: Option<(i64,)> =
             sqlx::query_as("SELECT transaction_id FROM invalidations WHERE topic_id = $1 LIMIT 1")
                 .bind(topic.id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.pool())
                 .await?;
         Ok(row.is_some())
     }
 
-    pub(crate) async fn invalidated_between(
+    async fn invalidated_between(
         &self,
         topic: &TopicState,
         min: u64,
@@ -203,21 +236,21 @@ impl Reads {
         .bind(topic.id)
         .bind(min as i64)
         .bind(max as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         Ok(rows.into_iter().map(|(t,)| t as u64).collect())
     }
 
-    pub(crate) async fn snapshot(&self, topic: &TopicState) -> Result<Snapshot> {
+    async fn snapshot(&self, topic: &TopicState) -> Result<Snapshot> {
         let rows = sqlx::query(&format!(
             "{TOPIC_SELECT} WHERE t.topic_id = $1 ORDER BY p.partition"
         ))
         .bind(topic.id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         let row = topic_rows(&rows)?
             .pop()
-            .ok_or_else(|| crate::error::HubError::topic_not_found(&topic.name))?;
+            .ok_or_else(|| HubError::topic_not_found(&topic.name))?;
         let mut heads = vec![0u64; topic.partition_count as usize];
         for (p, h) in row.heads {
             heads[p as usize] = h;
@@ -234,7 +267,7 @@ impl Reads {
     /// lookup per step, in one recursive query. (No index leads with the
     /// partition and the transaction: the index by transaction leads with
     /// the transaction, so that a commit writes one page of it.)
-    pub(crate) async fn head_as_of(
+    async fn head_as_of(
         &self,
         topic: &TopicState,
         partition: u32,
@@ -258,7 +291,7 @@ impl Reads {
         .bind(partition as i64)
         .bind(transaction as i64)
         .bind(head as i64)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await?;
         match row {
             Some((s,)) => Ok(s as u64),
@@ -269,7 +302,7 @@ impl Reads {
         }
     }
 
-    pub(crate) async fn surface_page(
+    async fn surface_page(
         &self,
         topic: &TopicState,
         as_of: u64,
@@ -277,8 +310,9 @@ impl Reads {
         inclusive: bool,
         limit: usize,
     ) -> Result<(Vec<EventRow>, Option<String>)> {
+        let cols = E_COLUMNS.as_str();
         let sql = format!(
-            "SELECT k.key AS surface_key, k.changed_transaction_id AS changed, {EVENT_COLUMNS} \
+            "SELECT k.key AS surface_key, k.changed_transaction_id AS changed, {cols} \
              FROM keys k LEFT JOIN events e ON e.topic_id = k.topic_id AND e.partition = k.live_partition \
              AND e.sequence = k.live_sequence \
              WHERE k.topic_id = $1 AND k.key {} $2 \
@@ -291,7 +325,7 @@ impl Reads {
             .bind(from)
             .bind(as_of as i64)
             .bind(limit as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await?;
         let last = if rows.len() == limit {
             rows.last()
@@ -326,8 +360,9 @@ impl Reads {
         key: &str,
         as_of: u64,
     ) -> Result<Option<EventRow>> {
+        let cols = E_COLUMNS.as_str();
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.topic_id = $1 AND e.key = $2 AND e.transaction_id <= $3 \
+            "SELECT {cols} FROM events e WHERE e.topic_id = $1 AND e.key = $2 AND e.transaction_id <= $3 \
              AND NOT EXISTS (SELECT 1 FROM invalidations i WHERE i.topic_id = $1 \
                  AND i.transaction_id = e.transaction_id AND i.marker_transaction_id <= $3) \
              ORDER BY e.key_version DESC LIMIT 1"
@@ -336,22 +371,22 @@ impl Reads {
             .bind(topic.id)
             .bind(key)
             .bind(as_of as i64)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool())
             .await?;
         row.as_ref().map(|r| event_from_row(r, 0)).transpose()
     }
 
-    pub(crate) async fn key_version(&self, topic: &TopicState, key: &str) -> Result<u64> {
+    async fn key_version(&self, topic: &TopicState, key: &str) -> Result<u64> {
         let row: Option<(i64,)> =
             sqlx::query_as("SELECT version FROM keys WHERE topic_id = $1 AND key = $2")
                 .bind(topic.id)
                 .bind(key)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.pool())
                 .await?;
         Ok(row.map_or(0, |(v,)| v as u64))
     }
 
-    pub(crate) async fn read_key(
+    async fn read_key(
         &self,
         topic: &TopicState,
         key: &str,
@@ -359,8 +394,9 @@ impl Reads {
         upto: u64,
         limit: usize,
     ) -> Result<Vec<EventRow>> {
+        let cols = E_COLUMNS.as_str();
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.topic_id = $1 AND e.key = $2 \
+            "SELECT {cols} FROM events e WHERE e.topic_id = $1 AND e.key = $2 \
              AND e.key_version >= $3 AND e.key_version <= $4 ORDER BY e.key_version LIMIT $5"
         );
         let q = sqlx::query(&sql)
@@ -369,6 +405,6 @@ impl Reads {
             .bind(from as i64)
             .bind(upto as i64)
             .bind(limit as i64);
-        page(q.fetch(&self.pool), limit).await
+        page(q.fetch(self.pool()), limit).await
     }
 }

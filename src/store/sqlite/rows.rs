@@ -9,11 +9,12 @@
 //! connection's handle out of its worker (sqlx's `lock_handle`), steps the
 //! statement with `rusqlite`, which links the same `libsqlite3-sys`, and
 //! makes each row an event in place. Reads that may return fewer than
-//! [`MIN_ROWS`] rows keep sqlx's prepared `SELECT` of `backend/reads.rs`,
+//! [`MIN_ROWS`] rows keep sqlx's prepared `SELECT` of `store/reads.rs`,
 //! which saves this path's thread hand-offs and preparing the statement.
 
 use crate::error::{HubError, Result};
-use crate::store::{EVENT_COLUMNS as COLUMNS, EventRow, PAGE_BYTES};
+use crate::store::storage::EVENT_COLUMNS as COLUMNS;
+use crate::store::{EventRow, PAGE_BYTES};
 use crate::validate::Content;
 use sqlx::SqlitePool;
 

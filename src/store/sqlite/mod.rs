@@ -3,54 +3,81 @@
 //! One hub process per file, which it locks: the registry's heads are
 //! published by the local writer only.
 
-// The shared implementation, compiled here against SQLite's types (and
-// again in the other backend's module, on purpose).
-#[allow(clippy::duplicate_mod)]
-#[path = "backend/reads.rs"]
-mod reads;
-#[allow(clippy::duplicate_mod)]
-#[path = "backend/writer.rs"]
-mod writer;
-
-pub(crate) use reads::Reads;
+mod rows;
 
 use crate::config::{Config, SqliteSync};
 use crate::error::{HubError, Result};
-use crate::store::{Registry, WriteRequest};
+use crate::store::storage::{Conn, Dialect, ReadStorage, TopicWrite};
+use crate::store::writer::plan::PendingEvent;
+use crate::store::{EventRow, Registry, WriteRequest, writer};
 use sqlx::QueryBuilder;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use writer::{CHUNK, TopicWrite};
 
-type Db = sqlx::Sqlite;
-type DbConn = sqlx::SqliteConnection;
-type DbRow = SqliteRow;
+/// The SQLite backend: the pool of read-only connections.
+#[derive(Clone)]
+pub(crate) struct Sqlite {
+    pool: SqlitePool,
+}
 
-use super::sqlite_rows::bulk_read;
+impl Dialect for Sqlite {
+    type Db = sqlx::Sqlite;
 
-/// Where SQLite's SQL differs from PostgreSQL's.
-mod dialect {
     /// Reads the topic's last transaction. The writer task is the only
     /// writer of the file, so there is nothing to lock against.
-    pub const LOCK_TOPIC: &str = "SELECT last_transaction_id FROM topics WHERE topic_id = $1";
-    /// The writer task is the file's only writer: what it committed and
-    /// published is all there is.
-    pub const SOLE_WRITER: bool = true;
-    /// False when a failed COMMIT may have stored the transaction all the
-    /// same: SQLite wrote it to the WAL and then failed to fsync it
-    /// (`SQLITE_IOERR_FSYNC`, `SQLITE_IOERR_DIR_FSYNC`). This process no
-    /// longer sees it and writes over it, but after a crash the frames may
-    /// be recovered.
-    pub fn synced_nothing(error: &crate::error::HubError) -> bool {
-        let crate::error::HubError::Storage(sqlx::Error::Database(db)) = error else {
-            return true;
-        };
-        !matches!(db.code().as_deref(), Some("1034" | "1290"))
+    const LOCK_TOPIC: &'static str = "SELECT last_transaction_id FROM topics WHERE topic_id = $1";
+    const SOLE_WRITER: bool = true;
+
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn select_in(
+        conn: &mut Conn<Self>,
+        select: &str,
+        id: i64,
+        column: &str,
+        values: &[&str],
+        prepared: bool,
+    ) -> Result<Vec<SqliteRow>> {
+        let mut qb = QueryBuilder::<sqlx::Sqlite>::new(select);
+        qb.push(" WHERE topic_id = ")
+            .push_bind(id)
+            .push(format!(" AND {column} IN ("));
+        let mut sep = qb.separated(", ");
+        for v in values {
+            sep.push_bind(*v);
+        }
+        qb.push(")");
+        Ok(qb.build().persistent(prepared).fetch_all(conn).await?)
+    }
+
+    async fn write_topic(conn: &mut Conn<Self>, w: &TopicWrite<'_>) -> Result<bool> {
+        write_topic(conn, w).await
+    }
+
+    async fn bulk_read(
+        &self,
+        topic_id: i64,
+        partition: u32,
+        after: u64,
+        upto: u64,
+        limit: usize,
+        types: &[String],
+    ) -> Result<Option<Vec<EventRow>>> {
+        rows::bulk_read(&self.pool, topic_id, partition, after, upto, limit, types).await
+    }
+
+    /// The writer task is the only writer: no other session can be
+    /// committing.
+    async fn wait_for_lost_commit(_: &mut Conn<Self>, _: i64, _: &PendingEvent) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -63,7 +90,7 @@ pub(crate) async fn open(
     rx: mpsc::Receiver<WriteRequest>,
     topics: Registry,
     closed: watch::Sender<()>,
-) -> Result<Reads> {
+) -> Result<Sqlite> {
     let sync = match config.sqlite_synchronous {
         SqliteSync::Full => SqliteSynchronous::Full,
         SqliteSync::Normal => SqliteSynchronous::Normal,
@@ -97,13 +124,13 @@ pub(crate) async fn open(
                 .pragma("cache_size", format!("-{READ_CACHE_KIB}")),
         )
         .await?;
-    let reads = Reads { pool };
+    let reads = Sqlite { pool };
     reads.adopt_all(&topics).await?;
     let (wrote, written) = watch::channel(());
     let checkpoints = tokio::spawn(checkpoints(checkpointer, written));
     let config = config.clone();
     tokio::spawn(async move {
-        writer::run(write.clone(), rx, topics, config, Some(wrote)).await;
+        writer::run::<Sqlite>(write.clone(), rx, topics, config, Some(wrote)).await;
         crate::store::close_pool(&write).await;
         // The checkpointer stops with the writer and closes its connection.
         let _ = checkpoints.await;
@@ -169,33 +196,19 @@ async fn checkpoints(mut conn: sqlx::SqliteConnection, mut written: watch::Recei
     let _ = conn.close().await;
 }
 
-/// `<select> WHERE topic_id = <id> AND <column> IN (<values>)`.
-fn select_in<'a>(select: &str, id: i64, column: &str, values: &[&'a str]) -> QueryBuilder<'a, Db> {
-    let mut qb = QueryBuilder::<Db>::new(select);
-    qb.push(" WHERE topic_id = ")
-        .push_bind(id)
-        .push(format!(" AND {column} IN ("));
-    let mut sep = qb.separated(", ");
-    for v in values {
-        sep.push_bind(*v);
-    }
-    qb.push(")");
-    qb
-}
-
 /// Writes a topic's events, keys, heads and last transaction with
 /// multi-row statements sent together: sqlx runs them one after another on
 /// its worker thread, so the whole write is one hand-off to that thread.
-/// With `planned_after` (see `Writer::try_append_unlocked`) the script also
+/// With `planned_after` (the writer's unlocked path) the script also
 /// begins and commits its own transaction, and a script that fails anywhere
 /// is rolled back before the error is returned.
-async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<bool> {
-    let mut qb = QueryBuilder::<Db>::new(if w.planned_after.is_some() {
+async fn write_topic(conn: &mut Conn<Sqlite>, w: &TopicWrite<'_>) -> Result<bool> {
+    let mut qb = QueryBuilder::<sqlx::Sqlite>::new(if w.planned_after.is_some() {
         "BEGIN IMMEDIATE;\n"
     } else {
         ""
     });
-    for chunk in w.rows.chunks(CHUNK) {
+    for chunk in w.rows.chunks(Sqlite::CHUNK) {
         qb.push(
             "INSERT INTO events (topic_id, partition, sequence, transaction_id, key, key_version, event_id, \
              event_type, content_type, headers, payload, tombstone, committed_at_ms, invalidates) ",
@@ -218,7 +231,7 @@ async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<bool> {
         });
         qb.push(";\n");
     }
-    for chunk in w.keys.chunks(CHUNK) {
+    for chunk in w.keys.chunks(Sqlite::CHUNK) {
         qb.push(
             "INSERT INTO keys (topic_id, key, version, live_partition, live_sequence, live_tombstone, changed_transaction_id) ",
         );
@@ -239,7 +252,7 @@ async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<bool> {
     }
     if !w.heads.is_empty() {
         qb.push("INSERT INTO partitions (topic_id, partition, head_sequence) ");
-        qb.push_values(w.heads, |mut b, (p, h)| {
+        qb.push_values(&w.heads, |mut b, (p, h)| {
             b.push_bind(w.topic_id)
                 .push_bind(*p as i64)
                 .push_bind(*h as i64);

@@ -10,7 +10,7 @@
 //! place. `COPY` takes no parameters and is planned on every call, so it
 //! is used only for pages that may hold many rows and have no type filter
 //! (every value inlined is an integer); shorter reads take the prepared
-//! `SELECT` of `backend/reads.rs`.
+//! `SELECT` of `store/reads.rs`.
 //!
 //! The connection is read to the end of the `COPY`. If the read fails or
 //! is dropped before that, the connection is taken out of the pool and
@@ -18,7 +18,8 @@
 //! `COPY` still queued on it.
 
 use crate::error::Result;
-use crate::store::{EVENT_COLUMNS as COLUMNS, EventRow, PAGE_BYTES};
+use crate::store::storage::EVENT_COLUMNS as COLUMNS;
+use crate::store::{EventRow, PAGE_BYTES};
 use crate::validate::Content;
 use futures::TryStreamExt;
 use sqlx::pool::PoolConnection;

@@ -18,51 +18,106 @@
 //! topic's heads from the database once, so no reader is left waiting for
 //! a commit it missed.
 
-// The shared implementation, compiled here against PostgreSQL's types (and
-// again in the other backend's module, on purpose).
-#[allow(clippy::duplicate_mod)]
-#[path = "backend/reads.rs"]
-mod reads;
-#[allow(clippy::duplicate_mod)]
-#[path = "backend/writer.rs"]
-mod writer;
-
-pub(crate) use reads::Reads;
-
-// Long partition reads go through binary `COPY`.
-use super::pg_copy::bulk_read;
+mod copy;
+mod notify;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::store::{Registry, WriteRequest};
+use crate::store::storage::{Conn, Dialect, ReadStorage, TopicWrite};
+use crate::store::writer::plan::PendingEvent;
+use crate::store::{EventRow, Registry, WriteRequest, writer};
+use notify::{follow_heads, heads_payloads, listen_heads};
 use sqlx::ConnectOptions;
-use sqlx::QueryBuilder;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-use writer::{PendingEvent, TopicWrite};
 
-type Db = sqlx::Postgres;
-type DbConn = sqlx::PgConnection;
-type DbRow = PgRow;
+/// The PostgreSQL backend: the pool that reads use.
+#[derive(Clone)]
+pub(crate) struct Postgres {
+    pool: PgPool,
+}
 
-/// The notification channel for new heads.
-const CHANNEL: &str = "eventhub_heads";
+impl Dialect for Postgres {
+    type Db = sqlx::Postgres;
 
-/// Where PostgreSQL's SQL differs from SQLite's.
-mod dialect {
     /// Locks the topic's row until commit: every writer of the topic, in
     /// any hub process, queues here before reading the heads it extends.
-    pub const LOCK_TOPIC: &str =
+    const LOCK_TOPIC: &'static str =
         "SELECT last_transaction_id FROM topics WHERE topic_id = $1 FOR UPDATE";
     /// Other hub processes may write the same database.
-    pub const SOLE_WRITER: bool = false;
-    /// A failed COMMIT that PostgreSQL answered did not commit; a lost
-    /// connection is looked into instead (`Writer::committed_anyway`).
-    pub fn synced_nothing(_: &crate::error::HubError) -> bool {
-        true
+    const SOLE_WRITER: bool = false;
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// `= ANY(<array>)`: one statement text whatever the number of values.
+    async fn select_in(
+        conn: &mut Conn<Self>,
+        select: &str,
+        id: i64,
+        column: &str,
+        values: &[&str],
+        prepared: bool,
+    ) -> Result<Vec<PgRow>> {
+        let sql = format!("{select} WHERE topic_id = $1 AND {column} = ANY($2)");
+        Ok(sqlx::query(&sql)
+            .bind(id)
+            .bind(values)
+            .persistent(prepared)
+            .fetch_all(conn)
+            .await?)
+    }
+
+    async fn write_topic(conn: &mut Conn<Self>, w: &TopicWrite<'_>) -> Result<bool> {
+        write_topic(conn, w).await
+    }
+
+    async fn bulk_read(
+        &self,
+        topic_id: i64,
+        partition: u32,
+        after: u64,
+        upto: u64,
+        limit: usize,
+        types: &[String],
+    ) -> Result<Option<Vec<EventRow>>> {
+        copy::bulk_read(&self.pool, topic_id, partition, after, upto, limit, types).await
+    }
+
+    /// The lost session may still be committing, or still waiting for the
+    /// topic's row to write (it locks that row until its transaction ends):
+    /// waits behind it, for at most 5 s. A topic the lost transaction
+    /// created is invisible to that lock until it commits; an insert at the
+    /// first event's place waits for whoever is inserting there (the caller
+    /// rolls it back).
+    async fn wait_for_lost_commit(
+        conn: &mut Conn<Self>,
+        topic_id: i64,
+        first: &PendingEvent,
+    ) -> Result<()> {
+        sqlx::query("SET LOCAL lock_timeout = '5s'")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("SELECT 1 FROM topics WHERE topic_id = $1 FOR SHARE")
+            .bind(topic_id)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "INSERT INTO events (topic_id, partition, sequence, transaction_id, key_version, \
+             event_type, content_type, payload, tombstone, committed_at_ms) \
+             VALUES ($1, $2, $3, 0, 0, '', '', $4, false, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(topic_id)
+        .bind(first.partition as i64)
+        .bind(first.sequence as i64)
+        .bind(Vec::<u8>::new())
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
     }
 }
 
@@ -78,7 +133,7 @@ pub(crate) async fn open(
     rx: mpsc::Receiver<WriteRequest>,
     topics: Registry,
     closed: watch::Sender<()>,
-) -> Result<Reads> {
+) -> Result<Postgres> {
     let options = PgConnectOptions::from_str(&config.database_url)?
         .application_name("eventhub")
         .log_statements(tracing::log::LevelFilter::Trace);
@@ -94,7 +149,7 @@ pub(crate) async fn open(
         .max_connections(1)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_lazy_with(options.clone().application_name("eventhub listener"));
-    let reads = Reads { pool };
+    let reads = Postgres { pool };
     let listener = listen_heads(&listen).await?;
     let reads_for_listener = reads.clone();
     reads.adopt_all(&topics).await?;
@@ -159,7 +214,7 @@ async fn spawn_writer(
                         return;
                     }
                 };
-                writer::run(write.clone(), rx, topics, config, None).await;
+                writer::run::<Postgres>(write.clone(), rx, topics, config, None).await;
                 write.close().await;
                 drop(stopped);
             })
@@ -169,112 +224,6 @@ async fn spawn_writer(
     opened
         .await
         .unwrap_or(Err(sqlx::Error::WorkerCrashed.into()))
-}
-
-async fn listen_heads(pool: &PgPool) -> Result<PgListener> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    // Report a lost connection at once instead of reconnecting silently:
-    // notifications may have been missed, so heads must be read again.
-    listener.eager_reconnect(false);
-    listener.listen(CHANNEL).await?;
-    Ok(listener)
-}
-
-/// Applies every head notification to the registry, for as long as the
-/// hub runs; on connection loss, reconnects and resynchronises.
-async fn follow_heads(listener: PgListener, pool: PgPool, reads: Reads, topics: Registry) {
-    let mut listener = Some(listener);
-    loop {
-        let Some(l) = listener.as_mut() else {
-            listener = Some(reconnect(&pool).await);
-            match reads.adopt_all(&topics).await {
-                Ok(()) => tracing::info!("listening for new heads again"),
-                // The database answered the listener a moment ago; should
-                // it fail now, each topic's next notification still brings
-                // its heads.
-                Err(e) => tracing::warn!(error = %e, "could not resynchronise heads"),
-            }
-            continue;
-        };
-        match l.try_recv().await {
-            Ok(Some(n)) => apply(&topics, n.payload()),
-            Ok(None) | Err(_) => {
-                tracing::warn!("lost the connection that listens for new heads; reconnecting");
-                listener = None;
-            }
-        }
-    }
-}
-
-/// A listening connection, retried with backoff until the database answers.
-async fn reconnect(pool: &PgPool) -> PgListener {
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match listen_heads(pool).await {
-            Ok(l) => return l,
-            Err(e) => {
-                tracing::debug!(error = %e, "listener reconnect failed");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-}
-
-/// This process, in the notifications its writer sends: random, so that
-/// processes sharing a database tell their own commits from the others'.
-static ORIGIN: LazyLock<String> = LazyLock::new(|| {
-    use std::hash::BuildHasher;
-    let seed = std::hash::RandomState::new().hash_one(std::process::id());
-    format!("@{seed:016x}")
-});
-
-/// Applies a payload `<topic> <last transaction> @<origin> <partition>:<head> ...`
-/// (the origin may be missing).
-fn apply(topics: &Registry, payload: &str) {
-    let mut parts = payload.split(' ').peekable();
-    let (Some(name), Some(Ok(last))) = (parts.next(), parts.next().map(str::parse::<u64>)) else {
-        tracing::warn!(payload, "ignoring a malformed heads notification");
-        return;
-    };
-    let origin = parts.next_if(|p| p.starts_with('@'));
-    // A topic this process has not loaded yet reads its heads when it is.
-    let Some(state) = topics.read().unwrap().get(name).cloned() else {
-        return;
-    };
-    // Another process's commit may have invalidated events the tails hold.
-    // `advance` drops them for any new transaction but the one this
-    // process's writer is trying, which another process may have taken
-    // (the writer's guarded write then writes nothing): only the origin
-    // tells that one apart.
-    if origin != Some(ORIGIN.as_str())
-        && last > state.last_transaction()
-        && last == state.local_transaction()
-    {
-        state.forget_tails();
-    }
-    let heads: Vec<(u32, u64)> = parts
-        .filter_map(|ph| {
-            let (p, h) = ph.split_once(':')?;
-            Some((p.parse().ok()?, h.parse().ok()?))
-        })
-        .collect();
-    if origin == Some(ORIGIN.as_str()) && state.defer_own(last, heads.clone()) {
-        return;
-    }
-    state.advance(last, heads);
-}
-
-/// `<select> WHERE topic_id = <id> AND <column> = ANY(<values>)`: one
-/// statement text whatever the number of values.
-fn select_in<'a>(select: &str, id: i64, column: &str, values: &[&'a str]) -> QueryBuilder<'a, Db> {
-    let mut qb = QueryBuilder::<Db>::new(select);
-    qb.push(" WHERE topic_id = ")
-        .push_bind(id)
-        .push(format!(" AND {column} = ANY("))
-        .push_bind(values.to_vec())
-        .push(")");
-    qb
 }
 
 /// The write statement of [`write_topic`]. Unguarded, it runs in the
@@ -330,8 +279,8 @@ static GUARDED_WRITE: LazyLock<String> = LazyLock::new(|| write_sql(true));
 /// prepared statement. Each column is bound as an array and `UNNEST`ed: a
 /// batch of any size binds 24 values, not 14 per event. Returns whether it
 /// wrote, which only a guarded write (`planned_after`) may not have.
-async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<bool> {
-    let (rows, keys, heads) = (w.rows, w.keys, w.heads);
+async fn write_topic(conn: &mut Conn<Postgres>, w: &TopicWrite<'_>) -> Result<bool> {
+    let (rows, keys, heads) = (w.rows, &w.keys, &w.heads);
     let ints = |f: fn(&PendingEvent) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
     let sql = match w.planned_after {
         Some(_) => GUARDED_WRITE.as_str(),
@@ -414,136 +363,4 @@ async fn write_topic(conn: &mut DbConn, w: &TopicWrite<'_>) -> Result<bool> {
     }
     let sent = q.fetch_all(&mut *conn).await?;
     Ok(!sent.is_empty())
-}
-
-/// Notification payloads announcing new heads: `<topic> <last transaction>
-/// @<origin> <partition>:<head> ...`, split to stay far below PostgreSQL's
-/// 8,000-byte payload limit.
-fn heads_payloads(topic: &str, last_txn: u64, heads: &[(u32, u64)]) -> Vec<String> {
-    heads
-        .chunks(200)
-        .map(|chunk| {
-            let mut s = format!("{topic} {last_txn} {}", *ORIGIN);
-            for (p, h) in chunk {
-                s.push_str(&format!(" {p}:{h}"));
-            }
-            s
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::{EventRow, TopicRow, TopicState, registered};
-    use crate::validate::Content;
-    use std::sync::Arc;
-
-    fn row(sequence: u64, transaction_id: u64) -> EventRow {
-        EventRow {
-            partition: 0,
-            sequence,
-            transaction_id,
-            key: Some("k".into()),
-            key_version: sequence,
-            event_id: None,
-            content: Content {
-                event_type: "T".into(),
-                content_type: String::new(),
-                headers: None,
-                payload: Vec::new(),
-                tombstone: false,
-            },
-            committed_at_ms: 0,
-            invalidates: None,
-        }
-    }
-
-    /// A registry holding one new topic.
-    fn topic(name: &str, partitions: u32) -> (Registry, Arc<TopicState>) {
-        let topics = Registry::default();
-        let row = TopicRow {
-            id: 1,
-            name: name.into(),
-            partition_count: partitions,
-            created_at_ms: 0,
-            last_transaction_id: 0,
-            heads: (0..partitions).map(|p| (p, 0)).collect(),
-        };
-        let state = registered(&topics, &row);
-        (topics, state)
-    }
-
-    /// The writer committed transaction 1 and is trying 2 when a
-    /// notification of transaction 2 arrives: the tails are kept if the
-    /// writer sent it (which then moves the heads itself), dropped if
-    /// another process did (which moves the heads at once).
-    #[test]
-    fn a_commit_elsewhere_drops_the_tails_even_with_the_writers_transaction_id() {
-        for (origin, own) in [(ORIGIN.as_str(), true), ("@0123456789abcdef", false)] {
-            let (topics, state) = topic("t", 1);
-            let _reader = state.heads[0].subscribe();
-            state.committing(1);
-            state.remember([row(1, 1)]);
-            state.advance(1, [(0, 1)]);
-            state.committing(2);
-            apply(&topics, &format!("t 2 {origin} 0:2"));
-            assert_eq!(state.head(0), if own { 1 } else { 2 }, "origin {origin}");
-            let tail = state.tail_page(0, 0, 2, 10, &[]);
-            assert_eq!(tail.is_some(), own, "origin {origin}");
-        }
-    }
-
-    /// A notification of the writer's own commit that comes before the
-    /// writer published it leaves the heads to the writer, which hands the
-    /// commit's events to the tails first. If the writer gives the commit
-    /// up instead (it cannot tell whether it happened), the notification's
-    /// heads apply, since it proves the commit.
-    #[test]
-    fn an_own_notification_waits_for_the_writer() {
-        let (topics, state) = topic("t", 1);
-        let _reader = state.heads[0].subscribe();
-        let own = |last: u64, head: u64| format!("t {last} {} 0:{head}", *ORIGIN);
-
-        state.committing(1);
-        apply(&topics, &own(1, 3));
-        assert_eq!((state.last_transaction(), state.head(0)), (0, 0));
-        state.remember([row(1, 1), row(2, 1), row(3, 1)]);
-        state.advance(1, [(0, 3)]);
-        state.published();
-        assert_eq!((state.last_transaction(), state.head(0)), (1, 3));
-        assert_eq!(state.tail_page(0, 0, 3, 10, &[]).unwrap().rows.len(), 3);
-        // A notification after the writer published changes nothing.
-        apply(&topics, &own(1, 3));
-        assert_eq!(state.head(0), 3);
-
-        state.committing(2);
-        apply(&topics, &own(2, 5));
-        assert_eq!(state.head(0), 3);
-        state.give_up();
-        assert_eq!((state.last_transaction(), state.head(0)), (2, 5));
-        assert!(state.tail_page(0, 3, 5, 10, &[]).is_none());
-
-        // Given up before its notification came: applied when it comes.
-        state.committing(3);
-        state.give_up();
-        apply(&topics, &own(3, 6));
-        assert_eq!((state.last_transaction(), state.head(0)), (3, 6));
-    }
-
-    /// Payloads of processes that send no origin are applied as commits
-    /// from elsewhere.
-    #[test]
-    fn a_payload_without_origin_is_applied() {
-        let (topics, state) = topic("t", 2);
-        apply(&topics, "t 3 0:2 1:5");
-        assert_eq!(
-            (state.last_transaction(), state.head(0), state.head(1)),
-            (3, 2, 5)
-        );
-        let payloads = heads_payloads("t", 4, &[(1, 6)]);
-        assert_eq!(payloads, [format!("t 4 {} 1:6", *ORIGIN)]);
-        apply(&topics, &payloads[0]);
-        assert_eq!((state.last_transaction(), state.head(1)), (4, 6));
-    }
 }
