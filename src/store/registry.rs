@@ -15,6 +15,7 @@
 //! (which may have invalidated one of them) and when a transaction is
 //! invalidated here.
 
+use super::writer::Committed;
 use super::{EventRow, PartitionPage, TopicRow};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -196,10 +197,28 @@ impl TopicState {
             .store(transaction, Ordering::Release);
     }
 
-    /// Called by this process's writer after it committed `transaction`
-    /// (announced with [`TopicState::committing`]) and before it advances
-    /// the heads: keeps the new events of partitions that have readers.
-    pub(crate) fn remember(&self, rows: impl IntoIterator<Item = EventRow>) {
+    /// Makes a commit of this process's writer visible to readers, which
+    /// only the commit's guard can ask for (`committed` proves the commit
+    /// happened): hands its new events to the tails of partitions that
+    /// have readers, then moves the last transaction and the heads, then
+    /// drops a notification of the commit that came first (see
+    /// [`TopicState::defer_own`]).
+    pub(crate) fn publish(
+        &self,
+        committed: &Committed,
+        last_transaction: u64,
+        heads: &[(u32, u64)],
+        rows: impl IntoIterator<Item = EventRow>,
+    ) {
+        let _ = committed;
+        self.committing(last_transaction);
+        self.remember(rows);
+        self.advance(last_transaction, heads.iter().copied());
+        self.deferred.lock().unwrap().take();
+    }
+
+    /// Keeps the new events of partitions that have readers.
+    fn remember(&self, rows: impl IntoIterator<Item = EventRow>) {
         for row in rows {
             let p = row.partition as usize;
             let (Some(tail), Some(head)) = (self.tails.get(p), self.heads.get(p)) else {
@@ -231,11 +250,6 @@ impl TopicState {
             return true;
         }
         false
-    }
-
-    /// Called by this process's writer after it published its commit.
-    pub(crate) fn published(&self) {
-        self.deferred.lock().unwrap().take();
     }
 
     /// Called by this process's writer when it does not know whether its

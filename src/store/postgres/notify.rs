@@ -134,6 +134,7 @@ pub(super) fn heads_payloads(topic: &str, last_txn: u64, heads: &[(u32, u64)]) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::writer::Committed;
     use crate::store::{EventRow, TopicRow, TopicState, registered};
     use crate::validate::Content;
     use std::sync::Arc;
@@ -183,8 +184,7 @@ mod tests {
             let (topics, state) = topic("t", 1);
             let _reader = state.heads[0].subscribe();
             state.committing(1);
-            state.remember([row(1, 1)]);
-            state.advance(1, [(0, 1)]);
+            state.publish(&Committed::assumed(), 1, &[(0, 1)], [row(1, 1)]);
             state.committing(2);
             apply(&topics, &format!("t 2 {origin} 0:2"));
             assert_eq!(state.head(0), if own { 1 } else { 2 }, "origin {origin}");
@@ -207,9 +207,8 @@ mod tests {
         state.committing(1);
         apply(&topics, &own(1, 3));
         assert_eq!((state.last_transaction(), state.head(0)), (0, 0));
-        state.remember([row(1, 1), row(2, 1), row(3, 1)]);
-        state.advance(1, [(0, 3)]);
-        state.published();
+        let rows = [row(1, 1), row(2, 1), row(3, 1)];
+        state.publish(&Committed::assumed(), 1, &[(0, 3)], rows);
         assert_eq!((state.last_transaction(), state.head(0)), (1, 3));
         assert_eq!(state.tail_page(0, 0, 3, 10, &[]).unwrap().rows.len(), 3);
         // A notification after the writer published changes nothing.

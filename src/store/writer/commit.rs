@@ -3,11 +3,12 @@
 //! whether a commit whose connection was lost happened, and only then
 //! publish. Every path of the writer commits through [`Writer::settle`].
 //!
-//! The order is in the types: [`Committing`] is the only way to the
-//! registry's `remember`/`advance` of a draft, and only
-//! [`Committing::committed`] gets there, so readers cannot be handed
-//! events that are not known to be committed, nor before the registry was
-//! told the commit is this process's own.
+//! The order is in the types: the registry hands a commit's events and
+//! heads to readers only given a [`Committed`] proof, which only
+//! [`Committing::committed`] makes, and a [`Committing`] is made only by
+//! telling the registry the commit is this process's own. So readers
+//! cannot be handed events that are not known to be committed, nor before
+//! the registry was told whose commit it is.
 
 use super::Writer;
 use super::draft::TopicDraft;
@@ -27,6 +28,25 @@ use sqlx::Connection;
 pub(super) struct Committing<'d> {
     drafts: Vec<&'d mut TopicDraft>,
     resolved: bool,
+}
+
+/// Proof that a transaction of this process's writer committed: the
+/// registry publishes a commit ([`TopicState::publish`]) only with one, and
+/// only [`Committing::committed`] makes one.
+///
+/// [`TopicState::publish`]: crate::store::TopicState::publish
+pub(crate) struct Committed {
+    _made_by_committing: (),
+}
+
+#[cfg(test)]
+impl Committed {
+    /// For tests of the registry that play the writer's part.
+    pub(crate) fn assumed() -> Self {
+        Committed {
+            _made_by_committing: (),
+        }
+    }
 }
 
 /// How a commit ended.
@@ -80,6 +100,9 @@ impl<'d> Committing<'d> {
     /// next transaction takes its heads from the registry.
     fn committed(mut self, topics: &Registry, cache: &mut KeyCache, now_ms: i64) {
         self.resolved = true;
+        let proof = Committed {
+            _made_by_committing: (),
+        };
         for d in self.drafts.iter_mut() {
             if d.abandoned() {
                 continue;
@@ -101,8 +124,7 @@ impl<'d> Committing<'d> {
                 heads: plan.all_heads(),
             };
             let state = registered(topics, &row);
-            state.committing(plan.last_txn);
-            state.remember(plan.rows.drain(..).map(|e| EventRow {
+            let rows = plan.rows.drain(..).map(|e| EventRow {
                 partition: e.partition,
                 sequence: e.sequence,
                 transaction_id: e.transaction_id,
@@ -112,9 +134,8 @@ impl<'d> Committing<'d> {
                 content: e.content,
                 committed_at_ms: now_ms,
                 invalidates: e.invalidates,
-            }));
-            state.advance(row.last_transaction_id, row.heads.iter().copied());
-            state.published();
+            });
+            state.publish(&proof, row.last_transaction_id, &row.heads, rows);
         }
     }
 

@@ -44,6 +44,7 @@
 
 mod append;
 mod commit;
+pub(crate) use commit::Committed;
 mod draft;
 mod invalidate;
 pub(crate) mod key_cache;
