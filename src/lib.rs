@@ -10,6 +10,8 @@
 //! - [`access`]: bearer tokens and their grants (`eventhub serve --tokens FILE`).
 //! - [`config`]: server configuration and request limits.
 //! - [`error`]: [`error::HubError`], the one error type, and its mapping to gRPC statuses.
+//! - [`domain`]: the domain types: checked requests ([`domain::NewEvent`], [`domain::TopicName`]) and
+//!   what the store answers ([`domain::EventRow`], [`domain::AppendReply`], pages, positions).
 //! - [`validate`]: checks at the edge (topic names, events, keys) and the partition hash.
 //! - [`cursor`]: encoding and checking cursors.
 //! - [`store`]: storage. `Store` is the handle the service uses; `store::registry` keeps the
@@ -33,6 +35,7 @@
 pub mod access;
 pub mod config;
 pub mod cursor;
+pub mod domain;
 pub mod error;
 pub mod server;
 pub mod service;

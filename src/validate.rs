@@ -2,6 +2,7 @@
 //! sees input that passed through here.
 
 use crate::config::Limits;
+pub use crate::domain::{Content, Expected, NewEvent, TopicName};
 use crate::error::{HubError, Result};
 use crate::proto;
 use std::collections::{BTreeMap, HashSet};
@@ -10,7 +11,8 @@ use std::collections::{BTreeMap, HashSet};
 pub const MAX_PARTITIONS: u32 = 1024;
 /// Type of the marker events Invalidate appends.
 pub const INVALIDATION_TYPE: &str = "$invalidation";
-const MAX_NAME: usize = 200;
+/// Longest topic name, event type or event id, in bytes.
+pub(crate) const MAX_NAME: usize = 200;
 const MAX_KEY_BYTES: usize = 1024;
 
 /// 64-bit FNV-1a, the documented partitioning hash.
@@ -32,50 +34,6 @@ pub fn partition_for(key: &str, partitions: u32) -> u32 {
     (fnv1a64(key.as_bytes()) % u64::from(partitions)) as u32
 }
 
-/// A checked topic name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TopicName(String);
-
-impl TopicName {
-    pub fn parse(name: &str) -> Result<Self> {
-        if name.is_empty() {
-            return Err(HubError::invalid(
-                "topic name is empty; give a name of 1–200 characters of [A-Za-z0-9._-]",
-            ));
-        }
-        if name.len() > MAX_NAME {
-            return Err(HubError::invalid(format!(
-                "topic name is {} bytes long; the limit is {MAX_NAME}",
-                name.len()
-            )));
-        }
-        if let Some(c) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
-            return Err(HubError::invalid(format!(
-                "topic name {name:?} contains {c:?}; use only letters, digits, '.', '_' and '-'"
-            )));
-        }
-        if name.starts_with('.') {
-            return Err(HubError::invalid(format!(
-                "topic name {name:?} starts with '.'; that is not allowed"
-            )));
-        }
-        Ok(TopicName(name.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for TopicName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// A partition count given to CreateTopic (0 means the default).
 pub fn partition_count(n: u32, default: u32) -> Result<u32> {
     let n = if n == 0 { default } else { n };
@@ -85,55 +43,6 @@ pub fn partition_count(n: u32, default: u32) -> Result<u32> {
         )));
     }
     Ok(n)
-}
-
-/// What an event expects of its key's version before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expected {
-    Any,
-    NoKey,
-    Exists,
-    Exact(u64),
-}
-
-impl Expected {
-    pub fn holds(self, version: u64) -> bool {
-        match self {
-            Expected::Any => true,
-            Expected::NoKey => version == 0,
-            Expected::Exists => version > 0,
-            Expected::Exact(v) => version == v,
-        }
-    }
-
-    pub fn describe(self) -> String {
-        match self {
-            Expected::Any => "expected any version".into(),
-            Expected::NoKey => "expected no event yet (version 0)".into(),
-            Expected::Exists => "expected at least one event".into(),
-            Expected::Exact(v) => format!("expected version {v}"),
-        }
-    }
-}
-
-/// The content of an event that dedup-by-content compares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Content {
-    pub event_type: String,
-    pub content_type: String,
-    /// Headers encoded canonically (sorted), as stored; `None` when there are none.
-    pub headers: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
-    pub tombstone: bool,
-}
-
-/// A checked event, ready for storage.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub key: String,
-    pub event_id: Option<String>,
-    pub expected: Expected,
-    pub content: Content,
 }
 
 /// Headers as stored: sorted pairs, each name and value length-prefixed.
@@ -367,5 +276,74 @@ mod tests {
         let back = decode_headers(&blob);
         assert_eq!(back.len(), 2);
         assert_eq!(back["a"], "1");
+    }
+
+    /// Names and types that are reserved or malformed are refused at the
+    /// edge, with the reason; the rest pass.
+    #[test]
+    fn reserved_and_malformed_names_are_refused() {
+        // (event type, refused because)
+        let types = [
+            ("OrderPlaced", None),
+            ("orders.v1/placed:eu-1_x", None),
+            ("$invalidation", Some("reserved for the hub")),
+            ("$mine", Some("reserved for the hub")),
+            ("", Some("is empty")),
+            ("a b", Some("contains ' '")),
+            (&*"t".repeat(MAX_NAME + 1), Some("the limit is 200")),
+        ];
+        for (t, refused) in types {
+            let event = proto::AppendEvent {
+                key: "k".into(),
+                r#type: t.into(),
+                ..Default::default()
+            };
+            let result = append_events(vec![event], &Limits::default());
+            match (result, refused) {
+                (Ok(events), None) => assert_eq!(events[0].content.event_type, t),
+                (Err(HubError::InvalidArgument(m)), Some(why)) => {
+                    assert!(m.starts_with("events[0].type"), "{m}");
+                    assert!(m.contains(why), "{t:?}: {m}");
+                }
+                (other, _) => panic!("{t:?}: {other:?}"),
+            }
+        }
+        // (key, refused because)
+        let keys = [
+            ("order-1", None),
+            ("ünïcode key", None),
+            ("$k", Some("reserved for the hub")),
+            ("", Some("is empty")),
+            ("a\0b", Some("NUL")),
+            (&*"k".repeat(MAX_KEY_BYTES + 1), Some("the limit is 1024")),
+        ];
+        for (key, refused) in keys {
+            match (check_key(key, "key"), refused) {
+                (Ok(()), None) => {}
+                (Err(HubError::InvalidArgument(m)), Some(why)) => {
+                    assert!(m.starts_with("key"), "{m}");
+                    assert!(m.contains(why), "{key:?}: {m}");
+                }
+                (other, _) => panic!("{key:?}: {other:?}"),
+            }
+        }
+        // (topic name, refused because)
+        let names = [
+            ("orders", None),
+            ("orders.eu-1_v2", None),
+            ("", Some("is empty")),
+            (".hidden", Some("starts with '.'")),
+            ("a/b", Some("contains '/'")),
+            (&*"n".repeat(MAX_NAME + 1), Some("the limit is 200")),
+        ];
+        for (name, refused) in names {
+            match (TopicName::parse(name), refused) {
+                (Ok(n), None) => assert_eq!(n.as_str(), name),
+                (Err(HubError::InvalidArgument(m)), Some(why)) => {
+                    assert!(m.contains(why), "{name:?}: {m}")
+                }
+                (other, _) => panic!("{name:?}: {other:?}"),
+            }
+        }
     }
 }

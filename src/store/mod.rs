@@ -27,12 +27,15 @@ mod sqlite;
 pub(crate) mod storage;
 pub(crate) mod writer;
 
+pub use crate::domain::{
+    AppendOutcome, AppendReply, EventRow, InvalidateReply, PartitionPage, Snapshot, StoredPos,
+};
 pub use registry::TopicState;
 pub(crate) use registry::{Registry, adopt, registered};
 
 use crate::config::Config;
+use crate::domain::{NewEvent, TopicName};
 use crate::error::{HubError, Result};
-use crate::validate::{Content, NewEvent, TopicName};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -65,75 +68,6 @@ async fn close_pool<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
 /// first event past it, so a page of large events is never loaded whole.
 pub const PAGE_BYTES: usize = 3 << 20;
 
-/// Where a stored event is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredPos {
-    pub partition: u32,
-    pub sequence: u64,
-    pub key_version: u64,
-    pub transaction_id: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppendOutcome {
-    Stored,
-    DuplicateEventId,
-    DuplicateContent,
-}
-
-#[derive(Debug)]
-pub struct AppendReply {
-    pub transaction_id: u64,
-    pub results: Vec<(StoredPos, AppendOutcome)>,
-}
-
-#[derive(Debug)]
-pub struct InvalidateReply {
-    pub marker_transaction_id: u64,
-    pub markers: Vec<StoredPos>,
-    pub already_invalidated: bool,
-}
-
-/// One page of a partition, read by [`Store::read_page`].
-#[derive(Debug)]
-pub struct PartitionPage {
-    /// Events in sequence order.
-    pub rows: Vec<EventRow>,
-    /// The transactions of `rows` that are invalidated.
-    pub invalidated: HashSet<u64>,
-    /// Every event up to this sequence that the read asked for is in
-    /// `rows` (or came before `after`).
-    pub scanned: u64,
-}
-
-/// A stored event as read from the log.
-#[derive(Debug, Clone)]
-pub struct EventRow {
-    pub partition: u32,
-    pub sequence: u64,
-    pub transaction_id: u64,
-    pub key: Option<String>,
-    pub key_version: u64,
-    pub event_id: Option<String>,
-    pub content: Content,
-    pub committed_at_ms: i64,
-    /// For invalidation markers: the invalidated transaction.
-    pub invalidates: Option<u64>,
-}
-
-impl EventRow {
-    /// Approximate encoded size, for bounding pages.
-    pub fn size(&self) -> usize {
-        let c = &self.content;
-        64 + c.payload.len()
-            + c.headers.as_ref().map_or(0, Vec::len)
-            + c.event_type.len()
-            + c.content_type.len()
-            + self.key.as_ref().map_or(0, String::len)
-            + self.event_id.as_ref().map_or(0, String::len)
-    }
-}
-
 /// A request to the writer task.
 pub(crate) enum WriteRequest {
     Append {
@@ -153,13 +87,6 @@ pub(crate) enum WriteRequest {
         reason: String,
         reply: oneshot::Sender<Result<InvalidateReply>>,
     },
-}
-
-/// Partition heads and last transaction read together, in one snapshot.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub last_transaction_id: u64,
-    pub heads: Vec<u64>,
 }
 
 /// A topic as stored: what the registry is loaded from.

@@ -3,9 +3,9 @@
 //! one place ([`event_from_row`]).
 
 use super::storage::{Dialect, EVENT_COLUMNS, ReadStorage};
-use super::{EventRow, PAGE_BYTES, Registry, Snapshot, TopicRow, TopicState, adopt};
+use super::{PAGE_BYTES, Registry, TopicRow, TopicState, adopt};
+use crate::domain::{Content, EventRow, Snapshot};
 use crate::error::{HubError, Result};
-use crate::validate::Content;
 use futures::TryStreamExt;
 use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Row, Type,

@@ -15,8 +15,9 @@
 //! (which may have invalidated one of them) and when a transaction is
 //! invalidated here.
 
+use super::TopicRow;
 use super::writer::Committed;
-use super::{EventRow, PartitionPage, TopicRow};
+use crate::domain::{EventRow, PartitionPage};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

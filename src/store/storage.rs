@@ -17,7 +17,8 @@
 //! (`reads::event_from_row`, and each backend's long-read parser).
 
 use super::writer::plan::{KeyState, Live, PendingEvent, StoredContent};
-use super::{EventRow, Registry, Snapshot, StoredPos, TopicRow, TopicState};
+use super::{Registry, TopicRow, TopicState};
+use crate::domain::{EventRow, Snapshot, StoredPos};
 use crate::error::Result;
 use sqlx::Pool;
 use std::collections::HashSet;

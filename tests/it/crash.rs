@@ -229,6 +229,18 @@ async fn a_connection_without_requests_does_not_hold_up_shutdown() {
     let hub = spawn_hub_with(|c| c.shutdown_grace = std::time::Duration::from_secs(3600)).await;
     hub.append("probed", vec![ev("k", "T", "x")]).await;
     let mut probe = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    // The hub has taken the connection (a connection still in the
+    // listener's backlog is reset when the listener closes) once the first
+    // byte of its HTTP/2 preface arrives.
+    let mut first = [0u8; 1];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut probe, &mut first),
+    )
+    .await
+    .expect("the hub sends its preface")
+    .unwrap();
+    assert_eq!(n, 1);
     let files = tokio::time::timeout(
         std::time::Duration::from_secs(60),
         hub.stop_and_list_files(),
@@ -238,8 +250,8 @@ async fn a_connection_without_requests_does_not_hold_up_shutdown() {
     if !on_postgres() {
         assert_eq!(files, ["hub.db"]);
     }
-    // The hub closed the probe's connection: after the server's own HTTP/2
-    // preface, it reads the end of the stream.
+    // The hub closed the probe's connection: after the rest of the
+    // server's HTTP/2 preface, it reads the end of the stream.
     let mut received = Vec::new();
     let read = tokio::time::timeout(
         std::time::Duration::from_secs(10),

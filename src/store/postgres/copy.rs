@@ -17,10 +17,10 @@
 //! closed, since sqlx would otherwise hand it out with the rest of the
 //! `COPY` still queued on it.
 
+use crate::domain::{Content, EventRow};
 use crate::error::Result;
+use crate::store::PAGE_BYTES;
 use crate::store::storage::EVENT_COLUMNS as COLUMNS;
-use crate::store::{EventRow, PAGE_BYTES};
-use crate::validate::Content;
 use futures::TryStreamExt;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};

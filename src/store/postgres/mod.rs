@@ -22,10 +22,11 @@ mod copy;
 mod notify;
 
 use crate::config::Config;
+use crate::domain::EventRow;
 use crate::error::Result;
 use crate::store::storage::{Conn, Dialect, ReadStorage, TopicWrite};
 use crate::store::writer::plan::PendingEvent;
-use crate::store::{EventRow, Registry, WriteRequest, writer};
+use crate::store::{Registry, WriteRequest, writer};
 use notify::{follow_heads, heads_payloads, listen_heads};
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};

@@ -134,9 +134,9 @@ pub(super) fn heads_payloads(topic: &str, last_txn: u64, heads: &[(u32, u64)]) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Content, EventRow};
     use crate::store::writer::Committed;
-    use crate::store::{EventRow, TopicRow, TopicState, registered};
-    use crate::validate::Content;
+    use crate::store::{TopicRow, TopicState, registered};
     use std::sync::Arc;
 
     fn row(sequence: u64, transaction_id: u64) -> EventRow {

@@ -6,10 +6,11 @@
 mod rows;
 
 use crate::config::{Config, SqliteSync};
+use crate::domain::EventRow;
 use crate::error::{HubError, Result};
 use crate::store::storage::{Conn, Dialect, ReadStorage, TopicWrite};
 use crate::store::writer::plan::PendingEvent;
-use crate::store::{EventRow, Registry, WriteRequest, writer};
+use crate::store::{Registry, WriteRequest, writer};
 use sqlx::QueryBuilder;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,

@@ -12,10 +12,10 @@
 //! [`MIN_ROWS`] rows keep sqlx's prepared `SELECT` of `store/reads.rs`,
 //! which saves this path's thread hand-offs and preparing the statement.
 
+use crate::domain::{Content, EventRow};
 use crate::error::{HubError, Result};
+use crate::store::PAGE_BYTES;
 use crate::store::storage::EVENT_COLUMNS as COLUMNS;
-use crate::store::{EventRow, PAGE_BYTES};
-use crate::validate::Content;
 use sqlx::SqlitePool;
 
 /// Reads that may return fewer rows take the prepared `SELECT`. Catch-up

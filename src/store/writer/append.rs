@@ -5,8 +5,8 @@
 use super::commit::{Committing, Settled, Write};
 use super::draft::{TopicDraft, TopicMeta, find_topic};
 use super::{AppendReq, Writer, begin, now_ms};
+use crate::domain::AppendReply;
 use crate::error::{HubError, Result};
-use crate::store::AppendReply;
 use crate::store::storage::WriteStorage;
 use std::collections::{BTreeSet, HashMap};
 

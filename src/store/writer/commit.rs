@@ -14,9 +14,10 @@ use super::Writer;
 use super::draft::TopicDraft;
 use super::key_cache::KeyCache;
 use super::plan::PendingEvent;
+use crate::domain::EventRow;
 use crate::error::{HubError, Result};
 use crate::store::storage::WriteStorage;
-use crate::store::{EventRow, Registry, TopicRow, registered};
+use crate::store::{Registry, TopicRow, registered};
 use sqlx::Connection;
 
 /// The drafts of a transaction on its way to commit. Made by

@@ -5,10 +5,9 @@
 use super::commit::{Committing, Write};
 use super::draft::{TopicDraft, find_topic};
 use super::{Writer, begin, now_ms};
+use crate::domain::{InvalidateReply, TopicName};
 use crate::error::{HubError, Result};
-use crate::store::InvalidateReply;
 use crate::store::storage::WriteStorage;
-use crate::validate::TopicName;
 use std::collections::BTreeSet;
 
 impl<B: WriteStorage> Writer<B> {

@@ -52,10 +52,10 @@ pub(crate) mod plan;
 mod sql;
 
 use super::storage::WriteStorage;
-use super::{AppendReply, Registry, TopicState, WriteRequest, adopt};
+use super::{Registry, TopicState, WriteRequest, adopt};
 use crate::config::Config;
+use crate::domain::{AppendReply, NewEvent, TopicName};
 use crate::error::{HubError, Result};
-use crate::validate::{NewEvent, TopicName};
 use draft::find_topic;
 use key_cache::KeyCache;
 use sqlx::pool::PoolConnection;

@@ -19,9 +19,9 @@
 //!    stores nothing takes no transaction id.
 
 use super::key_cache::KeyCache;
+use crate::domain::{AppendOutcome, AppendReply, Content, NewEvent, StoredPos};
 use crate::error::{HubError, Result};
-use crate::store::{AppendOutcome, AppendReply, StoredPos};
-use crate::validate::{Content, INVALIDATION_TYPE, NewEvent, partition_for};
+use crate::validate::{INVALIDATION_TYPE, partition_for};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The writer's hash maps (keys, event ids, positions): foldhash, seeded

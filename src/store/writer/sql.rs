@@ -2,11 +2,11 @@
 //! [`Dialect`] whose database decodes the schema's types.
 
 use super::plan::{KeyState, Live, PendingEvent, StoredContent};
+use crate::domain::{Content, StoredPos};
 use crate::error::{HubError, Result};
+use crate::store::TopicRow;
 use crate::store::reads::{TOPIC_SELECT, topic_rows};
 use crate::store::storage::{Conn, Dialect, FoundTopic, TransactionEvent, WriteStorage};
-use crate::store::{StoredPos, TopicRow};
-use crate::validate::Content;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Row, Type};
 
 impl<D: Dialect> WriteStorage for D

@@ -1,8 +1,8 @@
 //! The planning rules, table by table.
 
 use super::*;
-use crate::store::AppendOutcome::{DuplicateContent, DuplicateEventId, Stored};
-use crate::validate::Expected;
+use crate::domain::AppendOutcome::{DuplicateContent, DuplicateEventId, Stored};
+use crate::domain::Expected;
 
 const PARTITIONS: u32 = 4;
 
