@@ -20,8 +20,9 @@
 //! PERMISSION_DENIED. The health and reflection services need no token.
 
 use std::collections::HashMap;
-use tonic::Status;
+use std::sync::Arc;
 use tonic::metadata::MetadataMap;
+use tonic::{Request, Status};
 
 /// What a call does to a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,66 @@ impl Grant {
             topic == self.pattern
         };
         matches && (self.action == action || self.action == Action::Admin)
+    }
+}
+
+/// A call on one topic: what it does, and to which topic. The service
+/// implements it for each request type, so that the access rule of every
+/// call is written once, in one table.
+pub trait Guarded {
+    const ACTION: Action;
+    fn topic(&self) -> &str;
+}
+
+/// The hub's access check, which every call goes through: authentication
+/// by bearer token, then authorisation of the call's action on its topic.
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    /// `None` serves every caller.
+    tokens: Option<Arc<Tokens>>,
+}
+
+impl Gate {
+    pub fn new(tokens: Option<Arc<Tokens>>) -> Self {
+        Gate { tokens }
+    }
+
+    /// The caller of `request`: UNAUTHENTICATED without a token this hub
+    /// knows.
+    pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller<'_>, Status> {
+        match &self.tokens {
+            None => Ok(Caller(None)),
+            Some(tokens) => tokens
+                .authenticate(request.metadata())
+                .map(|g| Caller(Some(g))),
+        }
+    }
+
+    /// The message of a call on one topic, once its caller may make it:
+    /// UNAUTHENTICATED without a known token, PERMISSION_DENIED when the
+    /// token does not allow the call (checked before the topic is looked
+    /// up, so that a refused caller does not learn whether it exists).
+    pub fn admit<T: Guarded>(&self, request: Request<T>) -> Result<T, Status> {
+        self.caller(&request)?
+            .may(T::ACTION, request.get_ref().topic())?;
+        Ok(request.into_inner())
+    }
+}
+
+/// Who makes a call: the grants of its token, or anyone when the hub
+/// takes no tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a>(Option<&'a [Grant]>);
+
+impl Caller<'_> {
+    /// PERMISSION_DENIED unless the caller may do `action` to `topic`.
+    pub fn may(&self, action: Action, topic: &str) -> Result<(), Status> {
+        self.0.map_or(Ok(()), |g| authorize(g, action, topic))
+    }
+
+    /// Whether the caller may do `action` to `topic`.
+    pub fn can(&self, action: Action, topic: &str) -> bool {
+        self.0.is_none_or(|g| allows(g, action, topic))
     }
 }
 
@@ -180,7 +241,7 @@ fn parse_grant(word: &str) -> Result<Grant, String> {
 
 /// Whether `grants` allow `action` on `topic`, or PERMISSION_DENIED saying
 /// what grant is missing.
-pub fn authorize(grants: &[Grant], action: Action, topic: &str) -> Result<(), Status> {
+fn authorize(grants: &[Grant], action: Action, topic: &str) -> Result<(), Status> {
     if allows(grants, action, topic) {
         return Ok(());
     }
@@ -205,7 +266,7 @@ pub fn authorize(grants: &[Grant], action: Action, topic: &str) -> Result<(), St
 }
 
 /// Whether `grants` allow `action` on `topic`.
-pub fn allows(grants: &[Grant], action: Action, topic: &str) -> bool {
+fn allows(grants: &[Grant], action: Action, topic: &str) -> bool {
     grants.iter().any(|g| g.allows(action, topic))
 }
 

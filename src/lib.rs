@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! - [`proto`]: the generated `eventhub.v1` messages, client and server (never edited).
-//! - [`access`]: bearer tokens and their grants (`eventhub serve --tokens FILE`).
+//! - [`access`]: bearer tokens and their grants (`eventhub serve --tokens FILE`), and the one
+//!   access check every call goes through ([`access::Gate`]).
 //! - [`config`]: server configuration and request limits.
 //! - [`error`]: [`error::HubError`], the one error type, and its mapping to gRPC statuses.
 //! - [`domain`]: the domain types: checked requests ([`domain::NewEvent`], [`domain::TopicName`]) and
@@ -23,7 +24,11 @@
 //!   for both (`store/reads.rs`, `store/writer/sql.rs`). `store::writer` is the group-committing
 //!   writer task: pure planning rules (`plan`), the key cache, the one commit pipeline whose
 //!   guard type is the only way to publish a commit to readers (`commit`), invalidation.
-//! - [`service`]: the gRPC handlers of `EventHubService`.
+//! - [`read`]: the read use cases without a transport: a partition read (long-poll, or followed
+//!   with heartbeats, optionally type-filtered), surface paging and key paging, each handing
+//!   plain pages to a [`read::Sink`]; unit-tested on a real SQLite store with paused time.
+//! - [`service`]: the gRPC handlers of `EventHubService`, thin: decode, admit (the access rule
+//!   of every call is one line of its `Guarded` table), call one use case, encode.
 //! - [`server`]: [`server::run`] wires store, service, health and reflection onto a listener, and
 //!   closes the store (every database connection) at shutdown; its connections can be ended
 //!   from outside, so that none that stays silent or stuck holds shutting down up.
@@ -37,6 +42,7 @@ pub mod config;
 pub mod cursor;
 pub mod domain;
 pub mod error;
+pub mod read;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -1,6 +1,7 @@
 //! Wiring: the store, the eventhub service, health and reflection, served on
 //! an already-bound listener until `shutdown` resolves.
 
+use crate::access::Gate;
 use crate::config::Config;
 use crate::proto::{self, event_hub_service_server::EventHubServiceServer};
 use crate::service::Hub;
@@ -32,7 +33,7 @@ pub async fn run(
         config.limits.clone(),
         config.default_partitions,
         stop_rx,
-        config.tokens.clone(),
+        Gate::new(config.tokens.clone()),
     );
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter

@@ -1,8 +1,9 @@
-//! Validating newtypes and checks at the edge: the storage layer only ever
-//! sees input that passed through here.
+//! Checks at the edge, turning API input into the domain's types
+//! (`domain`): the storage layer only ever sees input that passed through
+//! here.
 
 use crate::config::Limits;
-pub use crate::domain::{Content, Expected, NewEvent, TopicName};
+use crate::domain::{Content, Expected, NewEvent};
 use crate::error::{HubError, Result};
 use crate::proto;
 use std::collections::{BTreeMap, HashSet};
@@ -259,6 +260,7 @@ pub fn append_events(events: Vec<proto::AppendEvent>, limits: &Limits) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::TopicName;
 
     /// The hash matches the published FNV-1a test vectors.
     #[test]

@@ -27,14 +27,13 @@ mod sqlite;
 pub(crate) mod storage;
 pub(crate) mod writer;
 
-pub use crate::domain::{
-    AppendOutcome, AppendReply, EventRow, InvalidateReply, PartitionPage, Snapshot, StoredPos,
-};
 pub use registry::TopicState;
 pub(crate) use registry::{Registry, adopt, registered};
 
 use crate::config::Config;
-use crate::domain::{NewEvent, TopicName};
+use crate::domain::{
+    AppendReply, EventRow, InvalidateReply, NewEvent, PartitionPage, Snapshot, TopicName,
+};
 use crate::error::{HubError, Result};
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -145,7 +145,7 @@ impl TopicDraft {
     pub(super) async fn prefetch<'a, B: WriteStorage>(
         &mut self,
         conn: &mut Conn<B>,
-        appends: impl IntoIterator<Item = (&'a [crate::validate::NewEvent], bool)>,
+        appends: impl IntoIterator<Item = (&'a [crate::domain::NewEvent], bool)>,
         cache: &mut KeyCache,
     ) -> Result<()> {
         if self.created {
