@@ -154,6 +154,10 @@ pub struct EventRow {
     pub committed_at_ms: i64,
     /// For invalidation markers: the invalidated transaction.
     pub invalidates: Option<u64>,
+    /// The event's transaction has been invalidated (by an Invalidate after
+    /// it), as the read that returned the event found (`read` marks it; the
+    /// store's rows come unmarked).
+    pub transaction_invalidated: bool,
 }
 
 impl EventRow {

@@ -8,10 +8,10 @@
 use crate::access::{Action, Gate, Guarded};
 use crate::config::Limits;
 use crate::cursor;
-use crate::domain::{AppendOutcome, StoredPos, TopicName};
+use crate::domain::{AppendOutcome, EventRow, StoredPos, TopicName};
 use crate::error::{HubError, Result};
 use crate::proto::{self, event_hub_service_server::EventHubService};
-use crate::read::{self, ReadEvent, Reader, Sink};
+use crate::read::{self, Reader, Sink};
 use crate::store::{PAGE_BYTES, Store, TopicState};
 use crate::validate;
 use std::pin::Pin;
@@ -82,8 +82,7 @@ fn timestamp(ms: i64) -> prost_types::Timestamp {
     }
 }
 
-fn to_event(topic: &str, e: ReadEvent) -> proto::Event {
-    let r = e.row;
+fn to_event(topic: &str, r: EventRow) -> proto::Event {
     let invalidation = r.invalidates.map(|t| proto::InvalidationMarker {
         transaction_id: t,
         reason: String::from_utf8_lossy(&r.content.payload).into_owned(),
@@ -107,7 +106,7 @@ fn to_event(topic: &str, e: ReadEvent) -> proto::Event {
         payload: r.content.payload,
         tombstone: r.content.tombstone,
         committed_at: Some(timestamp(r.committed_at_ms)),
-        transaction_invalidated: e.transaction_invalidated,
+        transaction_invalidated: r.transaction_invalidated,
         invalidation,
     }
 }
@@ -187,7 +186,7 @@ impl<P: Send, T: Send, F: Fn(P) -> T + Send + Sync> Sink<P> for Encoder<T, F> {
     }
 }
 
-fn events(topic: &str, events: Vec<ReadEvent>) -> Vec<proto::Event> {
+fn events(topic: &str, events: Vec<EventRow>) -> Vec<proto::Event> {
     events.into_iter().map(|e| to_event(topic, e)).collect()
 }
 

@@ -2,8 +2,8 @@
 //! version when the read starts.
 
 use super::{Reader, Sink, next_page, read_size};
+use crate::domain::EventRow;
 use crate::error::Result;
-use crate::read::ReadEvent;
 use crate::store::{Store, TopicState};
 use crate::validate;
 use std::collections::VecDeque;
@@ -25,7 +25,7 @@ pub struct Request {
 pub struct Page {
     /// Events in version order; none when the key has none from the
     /// version asked.
-    pub events: Vec<ReadEvent>,
+    pub events: Vec<EventRow>,
     /// The key's version when the read started (0: never written).
     pub current_version: u64,
 }
@@ -82,7 +82,7 @@ impl KeyRead {
             // The read's events go out in pages of the size asked.
             loop {
                 let events = next_page(&mut rows, page, &invalid);
-                let next = events.last().map(|last| last.row.key_version + 1);
+                let next = events.last().map(|last| last.key_version + 1);
                 let page = Page {
                     events,
                     current_version: current,

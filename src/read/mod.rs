@@ -53,15 +53,6 @@ impl<P: Send> Sink<P> for mpsc::Sender<P> {
     }
 }
 
-/// A stored event as a reader is given it.
-#[derive(Debug, Clone)]
-pub struct ReadEvent {
-    pub row: EventRow,
-    /// The event's transaction has been invalidated (by an Invalidate
-    /// after it).
-    pub transaction_invalidated: bool,
-}
-
 /// The read use cases of one hub.
 #[derive(Clone)]
 pub struct Reader {
@@ -99,13 +90,14 @@ impl Reader {
     }
 }
 
-fn read_events(rows: impl IntoIterator<Item = EventRow>, invalid: &HashSet<u64>) -> Vec<ReadEvent> {
-    rows.into_iter()
-        .map(|row| ReadEvent {
-            transaction_invalidated: invalid.contains(&row.transaction_id),
-            row,
-        })
-        .collect()
+/// Marks the events of `rows` whose transaction is in `invalid`.
+fn mark(mut rows: Vec<EventRow>, invalid: &HashSet<u64>) -> Vec<EventRow> {
+    if !invalid.is_empty() {
+        for r in &mut rows {
+            r.transaction_invalidated = invalid.contains(&r.transaction_id);
+        }
+    }
+    rows
 }
 
 /// How many events a read takes from the database for pages of `page`.
@@ -115,9 +107,16 @@ fn read_size(page: usize) -> usize {
 
 /// Takes the next page from the front of a read's `rows`: at most `page`
 /// events, within [`PAGE_BYTES`] (at least one, if any).
-fn next_page(rows: &mut VecDeque<EventRow>, page: usize, invalid: &HashSet<u64>) -> Vec<ReadEvent> {
+fn next_page(rows: &mut VecDeque<EventRow>, page: usize, invalid: &HashSet<u64>) -> Vec<EventRow> {
     let n = fitting(rows.iter().take(page));
-    read_events(rows.drain(..n), invalid)
+    // A read that makes one page (a catch-up in large pages) hands its
+    // buffer on rather than copying it.
+    let taken = if n == rows.len() {
+        Vec::from(std::mem::take(rows))
+    } else {
+        rows.drain(..n).collect()
+    };
+    mark(taken, invalid)
 }
 
 /// Cuts `rows` to the longest prefix (at least one row) within

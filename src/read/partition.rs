@@ -5,8 +5,8 @@
 
 use super::{Reader, Sink, next_page, read_size};
 use crate::cursor::{self, Start};
+use crate::domain::EventRow;
 use crate::error::{HubError, Result};
-use crate::read::ReadEvent;
 use crate::store::{Store, TopicState};
 use crate::validate;
 use std::collections::VecDeque;
@@ -42,7 +42,7 @@ pub struct Page {
     /// Events in sequence order; none in a heartbeat, in the answer of a
     /// long-poll whose wait is over, or after a filtered stretch without
     /// the types asked.
-    pub events: Vec<ReadEvent>,
+    pub events: Vec<EventRow>,
     /// The sequence to continue after (the page's cursor).
     pub position: u64,
     /// The page reaches the partition's head as this hub knew it.
@@ -144,7 +144,7 @@ impl PartitionRead {
         let mut sent_any = false;
         let wait_until = Instant::now() + a.wait;
         let mut last_sent = Instant::now();
-        let page = |events: Vec<ReadEvent>, position: u64, caught_up: bool| Page {
+        let page = |events: Vec<EventRow>, position: u64, caught_up: bool| Page {
             events,
             position,
             caught_up,
@@ -174,7 +174,7 @@ impl PartitionRead {
                 loop {
                     let events = next_page(&mut rows, a.page, &read.invalidated);
                     pos = match events.last() {
-                        Some(last) if !rows.is_empty() => last.row.sequence,
+                        Some(last) if !rows.is_empty() => last.sequence,
                         _ => read.scanned,
                     };
                     let caught_up = pos >= a.topic.head(a.partition);

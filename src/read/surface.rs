@@ -3,7 +3,8 @@
 //! them), as of one transaction, with every partition's position as of that
 //! transaction to continue from.
 
-use super::{ReadEvent, Reader, Sink, fit};
+use super::{Reader, Sink, fit};
+use crate::domain::EventRow;
 use crate::error::{HubError, Result};
 use crate::store::{Store, TopicState};
 use crate::validate;
@@ -30,7 +31,7 @@ pub struct Request {
 #[derive(Debug)]
 pub struct Page {
     /// The latest valid event of each key of the page, in key order.
-    pub events: Vec<ReadEvent>,
+    pub events: Vec<EventRow>,
     /// Every partition's last sequence as of `as_of_transaction`, by
     /// partition: where to continue reading after the surface.
     pub positions: Arc<[u64]>,
@@ -131,7 +132,7 @@ impl SurfaceRead {
                 }
             }
             let invalid = store.invalidated_in(&topic, &rows).await?;
-            let events = super::read_events(rows, &invalid);
+            let events = super::mark(rows, &invalid);
             if !events.is_empty() || !sent || done {
                 let page = Page {
                     events,

@@ -5,10 +5,10 @@
 //! not query the database (while a query runs on SQLite's thread the
 //! runtime is idle too, and would jump past the pool's acquire timeout).
 
-use super::{ReadEvent, Reader, key, partition, surface};
+use super::{Reader, key, partition, surface};
 use crate::config::{Config, Limits};
 use crate::cursor;
-use crate::domain::{Content, Expected, NewEvent, TopicName};
+use crate::domain::{Content, EventRow, Expected, NewEvent, TopicName};
 use crate::error::HubError;
 use crate::store::Store;
 use std::time::Duration;
@@ -83,10 +83,10 @@ async fn collect<P>(mut rx: mpsc::Receiver<P>) -> Vec<P> {
     pages
 }
 
-fn payloads(events: &[ReadEvent]) -> Vec<String> {
+fn payloads(events: &[EventRow]) -> Vec<String> {
     events
         .iter()
-        .map(|e| String::from_utf8(e.row.content.payload.clone()).unwrap())
+        .map(|e| String::from_utf8(e.content.payload.clone()).unwrap())
         .collect()
 }
 
@@ -328,13 +328,7 @@ async fn invalidated_transactions_are_marked_in_partition_and_key_reads() {
     let marks: Vec<_> = pages[0]
         .events
         .iter()
-        .map(|e| {
-            (
-                e.row.transaction_id,
-                e.transaction_invalidated,
-                e.row.invalidates,
-            )
-        })
+        .map(|e| (e.transaction_id, e.transaction_invalidated, e.invalidates))
         .collect();
     let marker = marks[2].0;
     assert_eq!(
@@ -389,7 +383,7 @@ async fn a_key_read_pages_up_to_the_version_it_started_at() {
         pages
             .iter()
             .map(|p| {
-                let versions = p.events.iter().map(|e| e.row.key_version);
+                let versions = p.events.iter().map(|e| e.key_version);
                 (versions.collect::<Vec<_>>(), p.current_version)
             })
             .collect::<Vec<_>>()

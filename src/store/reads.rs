@@ -55,6 +55,7 @@ where
         invalidates: row
             .try_get_unchecked::<Option<i64>, _>(c(12))?
             .map(|t| t as u64),
+        transaction_invalidated: false,
     })
 }
 

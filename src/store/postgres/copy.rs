@@ -262,6 +262,7 @@ impl<'a> Reader<'a> {
                 None => None,
                 Some(_) => Some(int(12)? as u64),
             },
+            transaction_invalidated: false,
         };
         Ok(Some(Tuple::Event(event)))
     }

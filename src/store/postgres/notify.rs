@@ -156,6 +156,7 @@ mod tests {
             },
             committed_at_ms: 0,
             invalidates: None,
+            transaction_invalidated: false,
         }
     }
 

@@ -135,6 +135,7 @@ fn event(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
         },
         committed_at_ms: row.get(11)?,
         invalidates: row.get::<_, Option<i64>>(12)?.map(|t| t as u64),
+        transaction_invalidated: false,
     })
 }
 

@@ -135,6 +135,7 @@ impl<'d> Committing<'d> {
                 content: e.content,
                 committed_at_ms: now_ms,
                 invalidates: e.invalidates,
+                transaction_invalidated: false,
             });
             state.publish(&proof, row.last_transaction_id, &row.heads, rows);
         }
