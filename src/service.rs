@@ -265,15 +265,21 @@ impl EventHubService for Hub {
             })
             .await?;
         let topic = read.topic.clone();
+        // Every page of a read has the same positions: encoded once.
+        let cursors = std::sync::OnceLock::new();
         let encode = move |p: read::surface::Page| proto::SurfaceResponse {
             events: events(&topic.name, p.events),
-            cursors: (0..)
-                .zip(p.positions.iter())
-                .map(|(partition, &sequence)| proto::PartitionCursor {
-                    partition,
-                    cursor: cursor::encode(&topic.name, partition, sequence),
+            cursors: cursors
+                .get_or_init(|| {
+                    (0..)
+                        .zip(p.positions.iter())
+                        .map(|(partition, &sequence)| proto::PartitionCursor {
+                            partition,
+                            cursor: cursor::encode(&topic.name, partition, sequence),
+                        })
+                        .collect::<Vec<_>>()
                 })
-                .collect(),
+                .clone(),
             as_of_transaction: p.as_of_transaction,
             next_after_key: p.next_after_key.unwrap_or_default(),
         };
