@@ -42,7 +42,9 @@ async fn postgres_restart_under_a_running_hub() {
     // The follower has read "before" (from the database) and now waits on
     // the hub's heads, before the database goes away.
     let first = follower.next().await.unwrap().unwrap();
-    let mut seen: Vec<_> = (first.events.into_iter())
+    let mut seen: Vec<_> = first
+        .events
+        .into_iter()
         .map(|e| (e.sequence, e.payload))
         .collect();
     assert_eq!(seen, vec![(1, b"before".to_vec())]);
